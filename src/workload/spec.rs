@@ -1,0 +1,271 @@
+//! The resolved workload model: what a workload YAML file means once loaded.
+//!
+//! These types are produced by `load.rs` (parsing, interpolation, validation) and
+//! consumed by the runtime, the pools and the sync engine. They never hold raw,
+//! unvalidated input: every field here has already been checked.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A validated workload (= pool) id: `^[a-z][a-z0-9-]*$`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct WorkloadId(String);
+
+impl WorkloadId {
+    /// Longest accepted id; ids become Docker names and label values.
+    pub const MAX_LEN: usize = 63;
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut chars = raw.chars();
+        let first_ok = matches!(chars.next(), Some('a'..='z'));
+        let rest_ok = chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'));
+        if !first_ok || !rest_ok {
+            return Err(format!(
+                "workload id {raw:?} is invalid: it must start with a lowercase letter and contain only lowercase letters, digits and '-'"
+            ));
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(format!(
+                "workload id {raw:?} is too long: at most {} characters",
+                Self::MAX_LEN
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WorkloadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    pub id: WorkloadId,
+    /// Human-readable name; defaults to the id.
+    pub name: String,
+    /// Image reference; defaults to `BOILERHOUSE_DEFAULT_IMAGE`.
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub environment: BTreeMap<String, String>,
+    pub volumes: Volumes,
+    pub healthcheck: Option<Healthcheck>,
+    pub ports: Vec<PortSpec>,
+    pub resources: Resources,
+    /// Read-only root filesystem. Hardened default: true.
+    pub read_only: bool,
+    /// `uid` or `uid:gid`, numeric.
+    pub user: Option<UserSpec>,
+    pub network_mode: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub cap_add: Vec<String>,
+    pub pool: PoolSpec,
+    pub sync: Option<SyncSpec>,
+    /// File the workload came from (None for the built-in default workload).
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volumes {
+    pub state: VolumeMount,
+    /// Always mounted read-only, whatever the file says.
+    pub secrets: VolumeMount,
+    pub comm: VolumeMount,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Healthcheck {
+    pub test: HealthTest,
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub start_period: Option<Duration>,
+}
+
+/// The healthcheck command. Docker's `Test` array is built from this exactly once,
+/// so `CMD` is never doubled (a defect of the original).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+pub enum HealthTest {
+    /// `["CMD", arg0, arg1, ...]`: exec form.
+    Cmd(Vec<String>),
+    /// `["CMD-SHELL", "..."]` or a plain string: run by the image's shell.
+    Shell(String),
+    /// `["NONE"]`: disable any healthcheck the image defines.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortSpec {
+    pub container: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Host port to publish on, when given.
+    pub host: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// CPU cores; None = `BOILERHOUSE_CONTAINER_CPUS`.
+    pub cpus: Option<f64>,
+    /// Bytes; None = `BOILERHOUSE_CONTAINER_MEMORY_MB`.
+    pub memory_bytes: Option<u64>,
+    /// None = `BOILERHOUSE_CONTAINER_PIDS_LIMIT`.
+    pub pids_limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSpec {
+    pub uid: u32,
+    pub gid: Option<u32>,
+}
+
+impl UserSpec {
+    /// The `User` string handed to Docker.
+    pub fn docker_user(&self) -> String {
+        match self.gid {
+            Some(gid) => format!("{}:{}", self.uid, gid),
+            None => self.uid.to_string(),
+        }
+    }
+
+    /// Group owning the tenant directories: the gid if given, else the uid.
+    pub fn group(&self) -> u32 {
+        self.gid.unwrap_or(self.uid)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    /// None = `BOILERHOUSE_POOL_SIZE`.
+    pub min_size: Option<usize>,
+    /// None = `BOILERHOUSE_MAX_CONTAINERS`.
+    pub max_size: Option<usize>,
+    /// Idle containers above `min_size` older than this are removed. None = never.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    pub recycle: Recycle,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recycle {
+    /// Remove the container on release; the pool refills. Never serves two tenants.
+    #[default]
+    Destroy,
+    /// Wipe state and secrets, restart, return to idle once ready.
+    Restart,
+    /// Wipe state and secrets, return to idle as it is (the original's behaviour).
+    Reuse,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSpec {
+    pub sink: SinkSpec,
+    pub mappings: Vec<SyncMapping>,
+    pub policy: SyncPolicy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkSpec {
+    /// Backend type; `s3` is the one implemented.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub bucket: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    /// Redacted on output.
+    #[serde(serialize_with = "redact")]
+    pub access_key_id: Option<String>,
+    /// Redacted on output.
+    #[serde(serialize_with = "redact")]
+    pub secret_access_key: Option<String>,
+    /// Key prefix template; `${tenantId}` is replaced per tenant.
+    pub prefix: String,
+    pub rclone_flags: Vec<String>,
+}
+
+fn redact<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("***"),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncMapping {
+    /// Relative to the state volume; `/` (or empty) = all of it. Never contains `..`.
+    pub path: String,
+    pub direction: SyncDirection,
+    pub mode: SyncMode,
+    pub pattern: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncDirection {
+    Upload,
+    Download,
+    Bidirectional,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Mirror: the destination is made identical, deleting extra files.
+    Sync,
+    /// Never deletes at the destination.
+    Copy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncPolicy {
+    pub on_claim: bool,
+    pub on_release: bool,
+    pub manual: bool,
+    #[serde(with = "humantime_serde")]
+    pub periodic: Option<Duration>,
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        Self {
+            on_claim: true,
+            on_release: true,
+            manual: true,
+            periodic: None,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder: S3 endpoint fixture (rclone serve s3).
