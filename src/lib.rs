@@ -1,3 +1,18 @@
-//! Boilerhouse: a container pool orchestrator.
+//! Boilerhouse: a container pool orchestrator. Keeps pools of pre-warmed Docker
+//! containers, one per workload, and hands one to a tenant in about a millisecond.
+//!
+//! `startup` builds the daemon for `main` and for tests; the rest is one module per
+//! concept (see the README's layout section).
+
+pub mod activity;
+pub mod api;
+pub mod config;
+pub mod fsutil;
+pub mod ledger;
+pub mod manager;
+pub mod pool;
+pub mod runtime;
+pub mod startup;
 pub mod sync;
+pub mod tenant;
 pub mod workload;

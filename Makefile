@@ -1,0 +1,33 @@
+# Boilerhouse — the commands a developer needs.
+#   make run     run the daemon (release build) with ./workloads
+#   make test    provision test deps, then run every test: unit + Docker integration
+#   make lint    rustfmt + clippy, as CI does
+#   make bench   benchmarks (figures, never asserted)
+
+CARGO ?= cargo
+export BOILERHOUSE_RCLONE_BIN ?= $(CURDIR)/.tools/bin/rclone
+
+.PHONY: run test provision lint bench image-test clean-test-containers
+
+run:
+	$(CARGO) run --release
+
+provision:
+	scripts/provision-test-deps.sh
+
+# Integration tests run with bounded parallelism: they share one Docker engine on 2 cores.
+test: provision
+	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=3
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: provision
+	$(CARGO) build --release
+	$(CARGO) bench --bench claim_latency
+
+# Removes containers left by test runs (label boilerhouse.instance=t*); never touches others.
+clean-test-containers:
+	docker ps -aq --filter label=boilerhouse.managed=true --format '{{.ID}} {{.Label "boilerhouse.instance"}}' \
+	  | awk '$$2 ~ /^t[0-9]+x/ {print $$1}' | xargs -r docker rm -f

@@ -1,0 +1,127 @@
+//! The HTTP API: one router serving every route at the root and under `/api/v1`,
+//! one file per resource, one error type ([`ApiError`]).
+
+pub mod auth;
+pub mod body;
+pub mod containers;
+pub mod error;
+pub mod pools;
+pub mod system;
+pub mod tenants;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::Uri;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::manager::ContainerManager;
+use crate::pool::PoolHandle;
+use crate::workload::WorkloadId;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub manager: Arc<ContainerManager>,
+    pub api_token: Option<Arc<str>>,
+    pub started: Instant,
+}
+
+impl AppState {
+    /// The pool a request names, or the only pool when it names none.
+    pub fn resolve_pool(&self, id: Option<&str>) -> Result<&PoolHandle, ApiError> {
+        match id {
+            Some(id) => {
+                WorkloadId::parse(id).map_err(ApiError::BadRequest)?;
+                self.manager
+                    .pool(id)
+                    .ok_or_else(|| ApiError::PoolNotFound(id.to_owned()))
+            }
+            None => {
+                let mut pools = self.manager.pools();
+                match (pools.next(), pools.next()) {
+                    (Some(only), None) => Ok(only),
+                    _ => Err(ApiError::PoolRequired(format!(
+                        "several pools exist; name one with \"poolId\" (one of: {})",
+                        self.manager
+                            .pools()
+                            .map(|p| p.id().to_owned())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+fn routes(state: &AppState) -> Router<AppState> {
+    let protected = Router::new()
+        .route("/tenants", get(tenants::list))
+        .route("/tenants/{id}", get(tenants::get))
+        .route("/tenants/{id}/claim", post(tenants::claim))
+        .route("/tenants/{id}/release", post(tenants::release))
+        .route("/tenants/{id}/status", get(tenants::status))
+        .route("/tenants/{id}/sync", post(tenants::sync))
+        .route("/pools", get(pools::list))
+        .route("/pools/{id}", get(pools::get))
+        .route("/pools/{id}/scale", post(pools::scale))
+        .route("/containers", get(containers::list))
+        .route(
+            "/containers/{id}",
+            get(containers::get).delete(containers::destroy),
+        )
+        .route("/workloads", get(pools::workloads))
+        .route("/workloads/{id}", get(pools::workload))
+        .route("/stats", get(system::stats))
+        .route("/activity", get(system::activity))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/health", get(system::health))
+        .route("/ready", get(system::ready))
+        .merge(protected)
+}
+
+/// The whole application, ready to serve.
+pub fn router(state: AppState) -> Router {
+    let api = routes(&state);
+    Router::new()
+        .merge(api.clone())
+        .nest("/api/v1", api)
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Unknown paths. A tenant route whose id contains a `/` cannot match any route;
+/// say what is wrong with it instead of a bare 404.
+async fn fallback(uri: Uri) -> ApiError {
+    let path = uri.path();
+    let rest = path.strip_prefix("/api/v1").unwrap_or(path);
+    if let Some(tail) = rest.strip_prefix("/tenants/") {
+        let segments: Vec<&str> = tail.split('/').collect();
+        let action = segments.last().copied().unwrap_or_default();
+        if segments.len() != 2 || ["claim", "release", "status", "sync"].contains(&action) {
+            return ApiError::InvalidTenantId(
+                "tenant id is invalid: it must be one path segment of 1-128 characters from A-Z a-z 0-9 . _ -".into(),
+            );
+        }
+    }
+    ApiError::NotFound(path.to_owned())
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not supported on {}", uri.path()))
+}

@@ -1,0 +1,390 @@
+//! The `ContainerManager`: pools by id, tenant → claim routing across pools,
+//! recovery of containers and claims at start-up, and the Docker event watcher.
+//!
+//! It owns no pool bookkeeping itself — each pool actor does — so it needs no lock:
+//! the map of pools is fixed once the daemon has started.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+
+use crate::activity::ActivityLog;
+use crate::config::Config;
+use crate::fsutil;
+use crate::ledger::{ClaimRecord, Ledger};
+use crate::pool::{
+    self, Adopted, ClaimGrant, ClaimRequest, ClaimView, ContainerInfo, ContainerView, PoolContext,
+    PoolError, PoolHandle, PoolView, ScaleOutcome, Snapshot, SyncTarget,
+};
+use crate::runtime::spec::{spec_hash, ContainerDirs};
+use crate::runtime::{labels, EngineHealth, EngineState, Runtime};
+use crate::sync::{SyncEngine, SyncOp, TransferResult};
+use crate::tenant::TenantId;
+use crate::workload::Workload;
+
+pub struct ContainerManager {
+    ctx: Arc<PoolContext>,
+    pools: BTreeMap<String, PoolHandle>,
+    events: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the claim ledger in {0}: {1}")]
+    Ledger(String, std::io::Error),
+    #[error("cannot create {0}: {1}")]
+    Dir(String, std::io::Error),
+    #[error("recovery failed: {0}")]
+    Recovery(String),
+}
+
+impl ContainerManager {
+    /// Recovers this instance's containers and claims, then starts one pool per workload.
+    pub async fn start(
+        config: Arc<Config>,
+        runtime: Arc<dyn Runtime>,
+        workloads: Vec<Workload>,
+        activity: Arc<ActivityLog>,
+    ) -> Result<Self, StartError> {
+        for dir in [
+            &config.state_dir,
+            &config.secrets_dir,
+            &config.socket_dir,
+            &config.data_dir,
+        ] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StartError::Dir(dir.display().to_string(), e))?;
+        }
+        let ledger = Ledger::open(&config.data_dir)
+            .map_err(|e| StartError::Ledger(config.data_dir.display().to_string(), e))?;
+        let ctx = Arc::new(PoolContext {
+            sync: SyncEngine::new(
+                config.rclone_bin.clone(),
+                config.sync_concurrency,
+                config.sync_timeout(),
+            ),
+            capacity: pool::NodeCapacity::new(config.max_containers),
+            config: config.clone(),
+            runtime: runtime.clone(),
+            ledger: ledger.clone(),
+            activity,
+        });
+        let workloads: BTreeMap<String, Arc<Workload>> = workloads
+            .into_iter()
+            .map(|w| (w.id.to_string(), Arc::new(w)))
+            .collect();
+        let mut adopted = recover(&ctx, &workloads).await?;
+        let mut pools = BTreeMap::new();
+        for (id, workload) in &workloads {
+            let handle = pool::spawn(
+                ctx.clone(),
+                workload.clone(),
+                adopted.remove(id).unwrap_or_default(),
+            );
+            pools.insert(id.clone(), handle);
+        }
+        let events = tokio::spawn(watch_events(
+            runtime,
+            config.instance.clone(),
+            pools.clone(),
+        ));
+        Ok(Self { ctx, pools, events })
+    }
+
+    pub fn activity(&self) -> &ActivityLog {
+        &self.ctx.activity
+    }
+
+    pub fn runtime(&self) -> &dyn Runtime {
+        self.ctx.runtime.as_ref()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    pub fn node_used(&self) -> usize {
+        self.ctx.capacity.used()
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &PoolHandle> {
+        self.pools.values()
+    }
+
+    pub fn pool(&self, id: &str) -> Option<&PoolHandle> {
+        self.pools.get(id)
+    }
+
+    pub fn sync_engine(&self) -> &SyncEngine {
+        &self.ctx.sync
+    }
+
+    pub async fn snapshots(&self) -> Vec<Snapshot> {
+        let mut out = Vec::with_capacity(self.pools.len());
+        for p in self.pools.values() {
+            if let Ok(s) = p.snapshot().await {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    pub async fn pool_views(&self) -> Vec<PoolView> {
+        self.snapshots().await.into_iter().map(|s| s.pool).collect()
+    }
+
+    pub async fn containers(&self, pool: Option<&str>) -> Vec<ContainerView> {
+        self.snapshots()
+            .await
+            .into_iter()
+            .filter(|s| pool.is_none_or(|p| s.pool.id == p))
+            .flat_map(|s| s.containers)
+            .collect()
+    }
+
+    pub async fn claims(&self) -> Vec<ClaimView> {
+        self.snapshots()
+            .await
+            .into_iter()
+            .flat_map(|s| s.claims)
+            .collect()
+    }
+
+    pub async fn tenant_claims(&self, tenant: &TenantId) -> Vec<ClaimView> {
+        self.claims()
+            .await
+            .into_iter()
+            .filter(|c| c.tenant_id == tenant.as_str())
+            .collect()
+    }
+
+    pub async fn claim(
+        &self,
+        pool: &PoolHandle,
+        request: ClaimRequest,
+        secrets: Option<BTreeMap<String, String>>,
+    ) -> Result<ClaimGrant, PoolError> {
+        let grant = pool.claim(request).await?;
+        if let Some(secrets) = secrets {
+            pool::write_secrets(&grant, secrets).await?;
+        }
+        Ok(grant)
+    }
+
+    pub async fn release(
+        &self,
+        tenant: &TenantId,
+        pool: Option<&PoolHandle>,
+        sync: bool,
+    ) -> Result<Vec<(String, ContainerInfo)>, PoolError> {
+        let targets: Vec<&PoolHandle> = match pool {
+            Some(p) => vec![p],
+            None => {
+                let held: Vec<String> = self
+                    .tenant_claims(tenant)
+                    .await
+                    .into_iter()
+                    .map(|c| c.pool_id)
+                    .collect();
+                self.pools
+                    .values()
+                    .filter(|p| held.iter().any(|h| h == p.id()))
+                    .collect()
+            }
+        };
+        if targets.is_empty() {
+            return Err(PoolError::NotClaimed);
+        }
+        let mut released = Vec::new();
+        for p in targets {
+            let info = p.release(tenant.clone(), sync).await?;
+            released.push((p.id().to_owned(), info));
+        }
+        Ok(released)
+    }
+
+    /// Runs a manual sync; the claim's sync cell serializes it with any other transfer.
+    pub async fn sync(
+        &self,
+        pool: &PoolHandle,
+        tenant: &TenantId,
+        ops: &[SyncOp],
+    ) -> Result<Vec<TransferResult>, PoolError> {
+        let spec = pool
+            .workload
+            .sync
+            .as_ref()
+            .ok_or_else(|| PoolError::Invalid("no sync".into()))?;
+        let SyncTarget {
+            sync,
+            container,
+            owner,
+        } = pool.sync_target(tenant.clone()).await?;
+        let mut results = Vec::new();
+        for op in ops {
+            let r = sync
+                .run(
+                    &self.ctx.sync,
+                    spec,
+                    tenant.as_str(),
+                    &container.dirs.state,
+                    *op,
+                    owner,
+                )
+                .await
+                .map_err(|e| PoolError::SyncFailed(e.to_string()))?;
+            results.extend(r);
+        }
+        pool.touch(tenant.clone()).await;
+        Ok(results)
+    }
+
+    pub async fn scale(&self, pool: &PoolHandle, target: i64) -> Result<ScaleOutcome, PoolError> {
+        pool.scale(target).await
+    }
+
+    /// Stops the pools' timers and the event watcher; containers keep running for the
+    /// next start to adopt, and no claimed tenant's state is touched.
+    pub async fn shutdown(&self) {
+        self.events.abort();
+        for p in self.pools.values() {
+            p.shutdown().await;
+        }
+    }
+
+    /// Is every pool at its minimum?
+    pub async fn warmed_up(&self) -> bool {
+        self.pool_views()
+            .await
+            .iter()
+            .all(|p| p.idle_count + p.claimed_count >= p.min_size)
+    }
+}
+
+/// Sorts this instance's containers into claimed (their ledger record exists),
+/// idle (ready, current spec, empty dirs) and the rest, which are removed.
+async fn recover(
+    ctx: &PoolContext,
+    workloads: &BTreeMap<String, Arc<Workload>>,
+) -> Result<HashMap<String, Vec<Adopted>>, StartError> {
+    let config = &ctx.config;
+    let (records, problems) = ctx.ledger.load_all();
+    for p in problems {
+        tracing::error!(problem = %p, "unreadable claim record left in place");
+    }
+    let containers = ctx
+        .runtime
+        .list_managed(&config.instance)
+        .await
+        .map_err(|e| StartError::Recovery(e.to_string()))?;
+    let mut by_container: HashMap<(String, String), ClaimRecord> = records
+        .into_iter()
+        .map(|r| ((r.pool_id.clone(), r.container_id.clone()), r))
+        .collect();
+    let hashes: HashMap<&str, String> = workloads
+        .iter()
+        .map(|(id, w)| (id.as_str(), spec_hash(w, config)))
+        .collect();
+    let mut adopted: HashMap<String, Vec<Adopted>> = HashMap::new();
+    let mut removals = Vec::new();
+    for c in containers {
+        let pool = c.label(labels::POOL).unwrap_or_default().to_owned();
+        let cid = c.label(labels::CONTAINER_ID).unwrap_or_default().to_owned();
+        let valid_cid = !cid.is_empty()
+            && cid.starts_with(&format!("{pool}-"))
+            && cid
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-');
+        let created_at = c
+            .label(labels::CREATED_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(Utc::now);
+        let running = matches!(c.state, EngineState::Running | EngineState::Paused);
+        if !valid_cid || !workloads.contains_key(&pool) {
+            tracing::info!(container = %c.docker_id, pool, "removing container of an unknown pool");
+            removals.push((c.docker_id.clone(), valid_cid.then(|| cid.clone())));
+            continue;
+        }
+        if let Some(record) = by_container.remove(&(pool.clone(), cid.clone())) {
+            if c.state == EngineState::Paused {
+                // Paused by a release the crash interrupted: the claim still holds.
+                let _ = ctx.runtime.unpause(&c.docker_id).await;
+            }
+            tracing::info!(pool, container = %cid, tenant = %record.tenant_id, "claim recovered");
+            adopted.entry(pool).or_default().push(Adopted {
+                container_id: cid,
+                docker_id: c.docker_id,
+                created_at,
+                claim: Some(record),
+                running,
+            });
+            continue;
+        }
+        let dirs = ContainerDirs::new(config, &cid);
+        let ready = c.state == EngineState::Running
+            && matches!(c.health, EngineHealth::None | EngineHealth::Healthy);
+        let current = c.label(labels::SPEC_HASH) == hashes.get(pool.as_str()).map(String::as_str);
+        let clean = fsutil::is_empty(&dirs.state) && fsutil::is_empty(&dirs.secrets);
+        if ready && current && clean && dirs.state.is_dir() {
+            adopted.entry(pool).or_default().push(Adopted {
+                container_id: cid,
+                docker_id: c.docker_id,
+                created_at,
+                claim: None,
+                running: true,
+            });
+        } else {
+            tracing::info!(pool, container = %cid, ready, current, clean, "removing unusable container");
+            removals.push((c.docker_id.clone(), Some(cid)));
+        }
+    }
+    for ((pool, cid), record) in by_container {
+        tracing::error!(
+            pool, container = %cid, tenant = %record.tenant_id,
+            state_dir = %ContainerDirs::new(config, &cid).state.display(),
+            "claimed container is gone from the engine; its state dir is left on disk for the operator"
+        );
+        let _ = ctx.ledger.remove(&pool, &record.tenant_id).await;
+    }
+    for (docker_id, cid) in removals {
+        if let Err(e) = ctx.runtime.remove(&docker_id).await {
+            tracing::warn!(container = %docker_id, error = %e, "cannot remove container");
+        }
+        if let Some(cid) = cid {
+            fsutil::remove_dirs(&ContainerDirs::new(config, &cid));
+        }
+    }
+    Ok(adopted)
+}
+
+/// Routes Docker events to their pools; reconnects if the stream drops.
+async fn watch_events(
+    runtime: Arc<dyn Runtime>,
+    instance: String,
+    pools: BTreeMap<String, PoolHandle>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let mut stream = runtime.events(&instance);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    delay = Duration::from_millis(200);
+                    if let Some(p) = pools.get(&event.pool) {
+                        p.event(event).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Docker event stream failed");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,1743 @@
+//! The pool actor: one tokio task per workload owns that pool's containers, its
+//! idle set, its claims and its FIFO queue of waiting claims. Everything else talks
+//! to it through a cheap, cloneable [`PoolHandle`] over a bounded channel, so the
+//! pool's bookkeeping has exactly one owner and no lock.
+//!
+//! Slow work (creating a container, restoring state, uploading on release,
+//! removing) runs in spawned tasks that report back with a message, so the actor
+//! never waits on Docker or rclone and a warm claim never waits behind them.
+//! The warm claim path itself makes no Docker call: an idle container was checked
+//! ready before it became idle, and Docker events take dead ones out of the set.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::activity::{ActivityLog, Event};
+use crate::config::Config;
+use crate::fsutil::{self, Owner};
+use crate::ledger::{ClaimRecord, Ledger};
+use crate::runtime::spec::{spec_hash, ContainerDirs};
+use crate::runtime::{ContainerSpec, EventKind, Runtime, RuntimeEvent};
+use crate::sync::{ClaimSync, SyncEngine, SyncOp, SyncStatus};
+use crate::tenant::TenantId;
+use crate::workload::{Recycle, Workload};
+
+/// Containers one pool creates at once.
+const CREATE_CONCURRENCY: usize = 8;
+/// How often the actor looks at deadlines, inactivity and refills.
+const TICK: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What every pool shares: configuration, the engine, sync, the ledger, the node cap.
+pub struct PoolContext {
+    pub config: Arc<Config>,
+    pub runtime: Arc<dyn Runtime>,
+    pub sync: SyncEngine,
+    pub ledger: Ledger,
+    pub capacity: NodeCapacity,
+    pub activity: Arc<ActivityLog>,
+}
+
+/// The node-wide cap on managed containers (`BOILERHOUSE_MAX_CONTAINERS`).
+pub struct NodeCapacity {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl NodeCapacity {
+    pub fn new(max: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+    fn try_reserve(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < self.max).then_some(u + 1)
+            })
+            .is_ok()
+    }
+    fn add(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+    fn release(&self) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
+    }
+    fn available(&self) -> bool {
+        self.used.load(Ordering::Acquire) < self.max
+    }
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    SyncFailed(String),
+    #[error("tenant holds no claim in this pool")]
+    NotClaimed,
+    #[error("{0}")]
+    Busy(String),
+    #[error("no container with id {0:?} in this pool")]
+    ContainerNotFound(String),
+    #[error("container {0} is claimed by tenant {1}; add ?force=true to destroy it anyway (the claim ends without upload)")]
+    ContainerClaimed(String, String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("the pool is shutting down")]
+    Stopped,
+}
+
+/// Identity and host paths of a container, as handed out with a claim.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub docker_id: Option<String>,
+    pub dirs: ContainerDirs,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimGrant {
+    pub container: ContainerInfo,
+    pub claimed_at: DateTime<Utc>,
+    pub reused: bool,
+    pub sync_status: Option<SyncStatus>,
+    pub owner: Owner,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub tenant: TenantId,
+    /// How long the claim may queue when the pool is at capacity (0 = fail fast).
+    pub queue_wait: Duration,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Handle to a claim for a manual sync: its serializing sync cell and its dirs.
+#[derive(Clone)]
+pub struct SyncTarget {
+    pub sync: ClaimSync,
+    pub container: ContainerInfo,
+    pub owner: Owner,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastError {
+    pub message: String,
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    pub id: String,
+    pub workload_id: String,
+    pub workload_name: String,
+    pub image: String,
+    pub min_size: usize,
+    pub max_size: usize,
+    pub current_size: usize,
+    pub claimed_count: usize,
+    pub idle_count: usize,
+    pub starting_count: usize,
+    pub status: &'static str,
+    pub last_error: Option<LastError>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerView {
+    pub id: String,
+    pub pool_id: String,
+    pub tenant_id: Option<String>,
+    pub status: &'static str,
+    pub health: String,
+    pub image: String,
+    pub created_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimView {
+    pub tenant_id: String,
+    pub pool_id: String,
+    pub container_id: String,
+    pub container_name: String,
+    pub status: &'static str,
+    pub claimed_at: DateTime<Utc>,
+    pub last_activity: DateTime<Utc>,
+    pub health: String,
+    pub sync_status: Option<SyncStatus>,
+    pub endpoints: Endpoints,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoints {
+    pub socket: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub pool: PoolView,
+    pub containers: Vec<ContainerView>,
+    pub claims: Vec<ClaimView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleOutcome {
+    pub success: bool,
+    pub previous_size: usize,
+    pub new_size: usize,
+    pub message: String,
+}
+
+/// A container found on the engine at start-up, handed to its pool.
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    pub container_id: String,
+    pub docker_id: String,
+    pub created_at: DateTime<Utc>,
+    /// Some: the claim it keeps; None: idle.
+    pub claim: Option<ClaimRecord>,
+    pub running: bool,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, PoolError>>;
+
+enum Msg {
+    Claim(ClaimRequest, Reply<ClaimGrant>),
+    Release {
+        tenant: TenantId,
+        sync: bool,
+        reply: Reply<ContainerInfo>,
+    },
+    SyncTarget {
+        tenant: TenantId,
+        reply: Reply<SyncTarget>,
+    },
+    Touch(TenantId),
+    Snapshot(oneshot::Sender<Snapshot>),
+    Scale {
+        target: i64,
+        reply: Reply<ScaleOutcome>,
+    },
+    Destroy {
+        container_id: String,
+        force: bool,
+        reply: Reply<()>,
+    },
+    Event(RuntimeEvent),
+    Shutdown(oneshot::Sender<()>),
+    // Reports from the actor's own tasks.
+    Created {
+        container_id: String,
+        result: Result<String, String>,
+    },
+    Prepared {
+        tenant: TenantId,
+        result: Result<(), PoolError>,
+    },
+    Released {
+        tenant: TenantId,
+        outcome: Result<Recycled, PoolError>,
+        reply: Option<Reply<ContainerInfo>>,
+    },
+    Removed {
+        container_id: String,
+    },
+    Activity {
+        tenant: TenantId,
+        newest: Option<DateTime<Utc>>,
+    },
+}
+
+#[derive(Debug)]
+enum Recycled {
+    /// Being removed; a `Removed` message follows.
+    Removing,
+    /// Wiped (and restarted) and ready for the next tenant.
+    Idle,
+}
+
+#[derive(Clone)]
+pub struct PoolHandle {
+    pub workload: Arc<Workload>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl PoolHandle {
+    pub fn id(&self) -> &str {
+        self.workload.id.as_str()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Result<T, PoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| PoolError::Stopped)?;
+        rx.await.map_err(|_| PoolError::Stopped)
+    }
+
+    pub async fn claim(&self, request: ClaimRequest) -> Result<ClaimGrant, PoolError> {
+        self.ask(|r| Msg::Claim(request, r)).await?
+    }
+
+    pub async fn release(&self, tenant: TenantId, sync: bool) -> Result<ContainerInfo, PoolError> {
+        self.ask(|reply| Msg::Release {
+            tenant,
+            sync,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn sync_target(&self, tenant: TenantId) -> Result<SyncTarget, PoolError> {
+        self.ask(|reply| Msg::SyncTarget { tenant, reply }).await?
+    }
+
+    pub async fn touch(&self, tenant: TenantId) {
+        let _ = self.tx.send(Msg::Touch(tenant)).await;
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, PoolError> {
+        self.ask(Msg::Snapshot).await
+    }
+
+    pub async fn scale(&self, target: i64) -> Result<ScaleOutcome, PoolError> {
+        self.ask(|reply| Msg::Scale { target, reply }).await?
+    }
+
+    pub async fn destroy(&self, container_id: String, force: bool) -> Result<(), PoolError> {
+        self.ask(|reply| Msg::Destroy {
+            container_id,
+            force,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn event(&self, event: RuntimeEvent) {
+        let _ = self.tx.send(Msg::Event(event)).await;
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Msg::Shutdown).await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Starting,
+    Idle,
+    Claimed,
+    Releasing,
+    Removing,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "starting",
+            Status::Idle => "idle",
+            Status::Claimed => "claimed",
+            Status::Releasing | Status::Removing => "releasing",
+        }
+    }
+}
+
+struct Entry {
+    info: ContainerInfo,
+    status: Status,
+    health: String,
+    created_at: DateTime<Utc>,
+    last_activity_at: DateTime<Utc>,
+    idle_since: Instant,
+    /// Destroy asked while it was starting: remove once created.
+    cancelled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimState {
+    Provisioning,
+    Warm,
+    Releasing,
+}
+
+struct Claim {
+    container_id: String,
+    state: ClaimState,
+    claimed_at: DateTime<Utc>,
+    last_activity: DateTime<Utc>,
+    metadata: Option<serde_json::Value>,
+    sync: ClaimSync,
+    periodic: Option<JoinHandle<()>>,
+    health: String,
+    /// Callers waiting for the claim being provisioned; the first is the original.
+    waiters: Vec<Reply<ClaimGrant>>,
+    /// Claims that arrived while the tenant was being released.
+    after_release: Vec<(ClaimRequest, Reply<ClaimGrant>)>,
+    checking_activity: bool,
+    auto_retry_at: Option<Instant>,
+    auto_backoff: Duration,
+}
+
+struct Waiting {
+    replies: Vec<Reply<ClaimGrant>>,
+    deadline: Instant,
+    metadata: Option<serde_json::Value>,
+    /// The claim was allowed to queue at capacity (waitMs > 0).
+    queued_at_capacity: bool,
+}
+
+struct Pool {
+    ctx: Arc<PoolContext>,
+    workload: Arc<Workload>,
+    spec_hash: String,
+    owner: Owner,
+    min_size: usize,
+    max_size: usize,
+    containers: HashMap<String, Entry>,
+    idle: VecDeque<String>,
+    claims: HashMap<TenantId, Claim>,
+    queue: VecDeque<TenantId>,
+    waiting: HashMap<TenantId, Waiting>,
+    starting: usize,
+    failures: u32,
+    next_create_at: Instant,
+    last_error: Option<LastError>,
+    image_present: Arc<AtomicBool>,
+    tx: mpsc::WeakSender<Msg>,
+    stopping: bool,
+}
+
+/// Starts the actor for `workload` with the containers recovered for it.
+pub fn spawn(ctx: Arc<PoolContext>, workload: Arc<Workload>, adopted: Vec<Adopted>) -> PoolHandle {
+    let (tx, rx) = mpsc::channel(1024);
+    let config = &ctx.config;
+    let min_size = workload.pool.min_size.unwrap_or(config.pool_size);
+    let max_size = workload
+        .pool
+        .max_size
+        .unwrap_or(config.max_containers)
+        .max(1);
+    let owner = workload.user.map(|u| (u.uid, u.group()));
+    let mut pool = Pool {
+        spec_hash: spec_hash(&workload, config),
+        ctx: ctx.clone(),
+        workload: workload.clone(),
+        owner,
+        min_size: min_size.min(max_size),
+        max_size,
+        containers: HashMap::new(),
+        idle: VecDeque::new(),
+        claims: HashMap::new(),
+        queue: VecDeque::new(),
+        waiting: HashMap::new(),
+        starting: 0,
+        failures: 0,
+        next_create_at: Instant::now(),
+        last_error: None,
+        image_present: Arc::new(AtomicBool::new(false)),
+        tx: tx.downgrade(),
+        stopping: false,
+    };
+    pool.adopt(adopted);
+    tokio::spawn(pool.run(rx));
+    PoolHandle { workload, tx }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(10);
+    (Duration::from_millis(500) * 2u32.pow(exp)).min(MAX_BACKOFF)
+}
+
+impl Pool {
+    fn id(&self) -> &str {
+        self.workload.id.as_str()
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Msg>> {
+        self.tx.upgrade()
+    }
+
+    /// Runs `fut` and sends its message back to the actor.
+    fn spawn_report(&self, fut: impl std::future::Future<Output = Msg> + Send + 'static) {
+        if let Some(tx) = self.sender() {
+            tokio::spawn(async move {
+                let msg = fut.await;
+                let _ = tx.send(msg).await;
+            });
+        }
+    }
+
+    fn adopt(&mut self, adopted: Vec<Adopted>) {
+        let now = Utc::now();
+        self.ctx.capacity.add(adopted.len());
+        for a in adopted {
+            let info = ContainerInfo {
+                name: format!("bh-{}-{}", self.ctx.config.instance, a.container_id),
+                dirs: ContainerDirs::new(&self.ctx.config, &a.container_id),
+                id: a.container_id.clone(),
+                docker_id: Some(a.docker_id),
+            };
+            let health = if a.running { "healthy" } else { "dead" }.to_owned();
+            let status = if a.claim.is_some() {
+                Status::Claimed
+            } else {
+                Status::Idle
+            };
+            if let Some(record) = &a.claim {
+                let Ok(tenant) = TenantId::parse(&record.tenant_id) else {
+                    continue;
+                };
+                self.claims.insert(
+                    tenant,
+                    Claim {
+                        container_id: a.container_id.clone(),
+                        state: ClaimState::Warm,
+                        claimed_at: record.claimed_at,
+                        last_activity: now,
+                        metadata: record.metadata.clone(),
+                        sync: ClaimSync::new(),
+                        periodic: None,
+                        health: health.clone(),
+                        waiters: Vec::new(),
+                        after_release: Vec::new(),
+                        checking_activity: false,
+                        auto_retry_at: None,
+                        auto_backoff: Duration::ZERO,
+                    },
+                );
+            } else {
+                self.idle.push_back(a.container_id.clone());
+            }
+            self.containers.insert(
+                a.container_id,
+                Entry {
+                    info,
+                    status,
+                    health,
+                    created_at: a.created_at,
+                    last_activity_at: now,
+                    idle_since: Instant::now(),
+                    cancelled: false,
+                },
+            );
+        }
+        let tenants: Vec<TenantId> = self.claims.keys().cloned().collect();
+        for t in tenants {
+            self.start_periodic(&t);
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.refill();
+        loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    if let Msg::Shutdown(reply) = msg {
+                        self.shutdown();
+                        let _ = reply.send(());
+                        break;
+                    }
+                    self.handle(msg);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::debug!(pool = %self.workload.id, "pool actor stopped");
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Claim(req, reply) => self.on_claim(req, reply),
+            Msg::Release {
+                tenant,
+                sync,
+                reply,
+            } => self.on_release(tenant, sync, Some(reply)),
+            Msg::SyncTarget { tenant, reply } => {
+                let target = self.sync_target(&tenant);
+                let _ = reply.send(target);
+            }
+            Msg::Touch(tenant) => {
+                if let Some(c) = self.claims.get_mut(&tenant) {
+                    c.last_activity = Utc::now();
+                }
+            }
+            Msg::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Msg::Scale { target, reply } => {
+                let _ = reply.send(self.scale(target));
+            }
+            Msg::Destroy {
+                container_id,
+                force,
+                reply,
+            } => {
+                let _ = reply.send(self.destroy(&container_id, force));
+            }
+            Msg::Event(event) => self.on_event(event),
+            Msg::Shutdown(_) => {}
+            Msg::Created {
+                container_id,
+                result,
+            } => self.on_created(container_id, result),
+            Msg::Prepared { tenant, result } => self.on_prepared(tenant, result),
+            Msg::Released {
+                tenant,
+                outcome,
+                reply,
+            } => self.on_released(tenant, outcome, reply),
+            Msg::Removed { container_id } => {
+                if self.containers.remove(&container_id).is_some() {
+                    self.ctx.capacity.release();
+                    self.record(
+                        Event::new("container.destroyed", self.id()).container(&container_id),
+                    );
+                }
+                self.refill();
+            }
+            Msg::Activity { tenant, newest } => self.on_activity(tenant, newest),
+        }
+    }
+
+    fn record(&self, event: Event) {
+        self.ctx.activity.record(event);
+    }
+
+    // ----- claims -------------------------------------------------------------
+
+    fn on_claim(&mut self, req: ClaimRequest, reply: Reply<ClaimGrant>) {
+        if self.stopping {
+            let _ = reply.send(Err(PoolError::Stopped));
+            return;
+        }
+        if let Some(claim) = self.claims.get_mut(&req.tenant) {
+            match claim.state {
+                ClaimState::Warm => {
+                    claim.last_activity = Utc::now();
+                    let grant = self.grant(&req.tenant, true);
+                    let _ = reply.send(grant);
+                }
+                ClaimState::Provisioning => claim.waiters.push(reply),
+                ClaimState::Releasing => claim.after_release.push((req, reply)),
+            }
+            return;
+        }
+        if let Some(w) = self.waiting.get_mut(&req.tenant) {
+            w.replies.push(reply);
+            return;
+        }
+        if let Some(container_id) = self.idle.pop_front() {
+            self.start_provisioning(req.tenant, container_id, vec![reply], req.metadata);
+            self.refill();
+            return;
+        }
+        let can_create = self.can_create();
+        if !can_create && self.failures > 0 && self.starting == 0 {
+            let _ = reply.send(Err(self.unavailable()));
+            return;
+        }
+        let covered = self.starting > self.queue.len();
+        if !can_create && !covered && req.queue_wait.is_zero() {
+            let _ = reply.send(Err(self.exhausted(req.queue_wait)));
+            return;
+        }
+        let at_capacity = !can_create && !covered;
+        let wait = if at_capacity {
+            req.queue_wait.min(self.ctx.config.claim_timeout())
+        } else {
+            self.ctx.config.claim_timeout()
+        };
+        self.queue.push_back(req.tenant.clone());
+        self.waiting.insert(
+            req.tenant,
+            Waiting {
+                replies: vec![reply],
+                deadline: Instant::now() + wait,
+                metadata: req.metadata,
+                queued_at_capacity: at_capacity,
+            },
+        );
+        self.refill();
+    }
+
+    fn can_create(&self) -> bool {
+        self.containers.len() < self.max_size
+            && self.ctx.capacity.available()
+            && Instant::now() >= self.next_create_at
+    }
+
+    fn unavailable(&self) -> PoolError {
+        PoolError::Unavailable(format!(
+            "pool {} cannot create containers: {}",
+            self.id(),
+            self.last_error
+                .as_ref()
+                .map(|e| e.message.as_str())
+                .unwrap_or("unknown error")
+        ))
+    }
+
+    fn exhausted(&self, waited: Duration) -> PoolError {
+        PoolError::Exhausted(format!(
+            "pool {} has no free container: {} claimed of at most {} (node-wide cap {}); waited {} ms",
+            self.id(),
+            self.claims.len(),
+            self.max_size,
+            self.ctx.config.max_containers,
+            waited.as_millis()
+        ))
+    }
+
+    /// Hands idle containers to the queue, oldest claim first.
+    fn serve_queue(&mut self) {
+        while !self.idle.is_empty() {
+            let Some(tenant) = self.queue.pop_front() else {
+                return;
+            };
+            let Some(mut w) = self.waiting.remove(&tenant) else {
+                continue;
+            };
+            w.replies.retain(|r| !r.is_closed());
+            if w.replies.is_empty() {
+                continue;
+            }
+            if let Some(container_id) = self.idle.pop_front() {
+                self.start_provisioning(tenant, container_id, w.replies, w.metadata);
+            }
+        }
+    }
+
+    fn start_provisioning(
+        &mut self,
+        tenant: TenantId,
+        container_id: String,
+        waiters: Vec<Reply<ClaimGrant>>,
+        metadata: Option<serde_json::Value>,
+    ) {
+        let now = Utc::now();
+        let pool_id = self.id().to_owned();
+        let Some(entry) = self.containers.get_mut(&container_id) else {
+            return;
+        };
+        entry.status = Status::Claimed;
+        entry.last_activity_at = now;
+        let info = entry.info.clone();
+        let sync = ClaimSync::new();
+        let record = ClaimRecord {
+            tenant_id: tenant.to_string(),
+            pool_id,
+            container_id: container_id.clone(),
+            claimed_at: now,
+            metadata: metadata.clone(),
+        };
+        self.claims.insert(
+            tenant.clone(),
+            Claim {
+                container_id,
+                state: ClaimState::Provisioning,
+                claimed_at: now,
+                last_activity: now,
+                metadata,
+                sync: sync.clone(),
+                periodic: None,
+                health: entry.health.clone(),
+                waiters,
+                after_release: Vec::new(),
+                checking_activity: false,
+                auto_retry_at: None,
+                auto_backoff: Duration::ZERO,
+            },
+        );
+        let ctx = self.ctx.clone();
+        let workload = self.workload.clone();
+        let owner = self.owner;
+        self.spawn_report(async move {
+            let result =
+                prepare_claim(&ctx, &workload, &tenant, &info, &sync, owner, &record).await;
+            Msg::Prepared { tenant, result }
+        });
+    }
+
+    fn grant(&self, tenant: &TenantId, reused: bool) -> Result<ClaimGrant, PoolError> {
+        let claim = self.claims.get(tenant).ok_or(PoolError::NotClaimed)?;
+        let entry = self
+            .containers
+            .get(&claim.container_id)
+            .ok_or_else(|| PoolError::Internal("claimed container vanished".into()))?;
+        Ok(ClaimGrant {
+            container: entry.info.clone(),
+            claimed_at: claim.claimed_at,
+            reused,
+            sync_status: self.workload.sync.as_ref().map(|_| claim.sync.status()),
+            owner: self.owner,
+        })
+    }
+
+    fn on_prepared(&mut self, tenant: TenantId, result: Result<(), PoolError>) {
+        let Some(claim) = self.claims.get_mut(&tenant) else {
+            return;
+        };
+        let waiters = std::mem::take(&mut claim.waiters);
+        match result {
+            Ok(()) => {
+                claim.state = ClaimState::Warm;
+                let container_id = claim.container_id.clone();
+                for (i, w) in waiters.into_iter().enumerate() {
+                    let _ = w.send(self.grant(&tenant, i > 0));
+                }
+                self.start_periodic(&tenant);
+                self.record(
+                    Event::new("container.claimed", self.id())
+                        .tenant(tenant.as_str())
+                        .container(&container_id),
+                );
+            }
+            Err(e) => {
+                let container_id = claim.container_id.clone();
+                self.claims.remove(&tenant);
+                for w in waiters {
+                    let _ = w.send(Err(e.clone()));
+                }
+                // Half-restored state must never reach another tenant: remove it.
+                tracing::warn!(pool = %self.workload.id, tenant = %tenant, error = %e, "claim failed; recycling its container");
+                self.remove_container(&container_id);
+            }
+        }
+        self.refill();
+    }
+
+    fn start_periodic(&mut self, tenant: &TenantId) {
+        let Some(sync_spec) = self.workload.sync.clone() else {
+            return;
+        };
+        let Some(interval) = sync_spec.policy.periodic else {
+            return;
+        };
+        let pool = self.id().to_owned();
+        let Some(claim) = self.claims.get_mut(tenant) else {
+            return;
+        };
+        let Some(entry) = self.containers.get(&claim.container_id) else {
+            return;
+        };
+        let state_dir = entry.info.dirs.state.clone();
+        let engine = self.ctx.sync.clone();
+        let cell = claim.sync.clone();
+        let activity = self.ctx.activity.clone();
+        let tenant = tenant.clone();
+        claim.periodic = Some(tokio::spawn(async move {
+            let mut timer =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                timer.tick().await;
+                activity.record(Event::new("sync.started", &pool).tenant(tenant.as_str()));
+                match cell
+                    .run(
+                        &engine,
+                        &sync_spec,
+                        tenant.as_str(),
+                        &state_dir,
+                        SyncOp::Upload,
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        activity.record(Event::new("sync.completed", &pool).tenant(tenant.as_str()))
+                    }
+                    Err(e) => {
+                        tracing::warn!(pool = %pool, tenant = %tenant, error = %e, "periodic upload failed");
+                        activity.record(
+                            Event::new("sync.failed", &pool)
+                                .tenant(tenant.as_str())
+                                .message(e.to_string()),
+                        );
+                    }
+                }
+            }
+        }));
+    }
+
+    fn sync_target(&mut self, tenant: &TenantId) -> Result<SyncTarget, PoolError> {
+        let claim = self.claims.get_mut(tenant).ok_or(PoolError::NotClaimed)?;
+        if claim.state != ClaimState::Warm {
+            return Err(PoolError::Busy(format!(
+                "tenant {tenant}'s claim is {}; try again when it is ready",
+                if claim.state == ClaimState::Provisioning {
+                    "still being provisioned"
+                } else {
+                    "being released"
+                }
+            )));
+        }
+        claim.last_activity = Utc::now();
+        let entry = self
+            .containers
+            .get(&claim.container_id)
+            .ok_or_else(|| PoolError::Internal("claimed container vanished".into()))?;
+        Ok(SyncTarget {
+            sync: claim.sync.clone(),
+            container: entry.info.clone(),
+            owner: self.owner,
+        })
+    }
+
+    // ----- release ------------------------------------------------------------
+
+    fn on_release(&mut self, tenant: TenantId, sync: bool, reply: Option<Reply<ContainerInfo>>) {
+        let Some(claim) = self.claims.get_mut(&tenant) else {
+            if let Some(r) = reply {
+                let _ = r.send(Err(PoolError::NotClaimed));
+            }
+            return;
+        };
+        if claim.state != ClaimState::Warm {
+            if let Some(r) = reply {
+                let _ = r.send(Err(PoolError::Busy(format!(
+                    "tenant {tenant}'s claim is {}; try again shortly",
+                    if claim.state == ClaimState::Provisioning {
+                        "still being provisioned"
+                    } else {
+                        "already being released"
+                    }
+                ))));
+            }
+            return;
+        }
+        claim.state = ClaimState::Releasing;
+        if let Some(p) = claim.periodic.take() {
+            p.abort();
+        }
+        let claim_sync = claim.sync.clone();
+        let Some(entry) = self.containers.get_mut(&claim.container_id) else {
+            return;
+        };
+        entry.status = Status::Releasing;
+        let info = entry.info.clone();
+        let ctx = self.ctx.clone();
+        let workload = self.workload.clone();
+        let owner = self.owner;
+        self.spawn_report(async move {
+            let outcome =
+                release_claim(&ctx, &workload, &tenant, &info, &claim_sync, sync, owner).await;
+            Msg::Released {
+                tenant,
+                outcome,
+                reply,
+            }
+        });
+    }
+
+    fn on_released(
+        &mut self,
+        tenant: TenantId,
+        outcome: Result<Recycled, PoolError>,
+        reply: Option<Reply<ContainerInfo>>,
+    ) {
+        let Some(claim) = self.claims.get_mut(&tenant) else {
+            return;
+        };
+        let container_id = claim.container_id.clone();
+        let info = self.containers.get(&container_id).map(|e| e.info.clone());
+        match outcome {
+            Err(e) => {
+                // The upload failed: the claim and its state stay as they were.
+                claim.state = ClaimState::Warm;
+                if reply.is_none() {
+                    claim.auto_backoff = (claim.auto_backoff * 2)
+                        .max(Duration::from_secs(1))
+                        .min(Duration::from_secs(60));
+                    claim.auto_retry_at = Some(Instant::now() + claim.auto_backoff);
+                }
+                if let Some(entry) = self.containers.get_mut(&container_id) {
+                    entry.status = Status::Claimed;
+                }
+                self.start_periodic(&tenant);
+                self.record(
+                    Event::new("sync.failed", self.id())
+                        .tenant(tenant.as_str())
+                        .container(&container_id)
+                        .message(e.to_string()),
+                );
+                if let Some(r) = reply {
+                    let _ = r.send(Err(e));
+                }
+                self.rehandle_after_release(&tenant);
+                return;
+            }
+            Ok(recycled) => {
+                let claim = self.claims.remove(&tenant);
+                match recycled {
+                    Recycled::Removing => self.remove_container(&container_id),
+                    Recycled::Idle => {
+                        if let Some(entry) = self.containers.get_mut(&container_id) {
+                            entry.status = Status::Idle;
+                            entry.health = "healthy".into();
+                            entry.idle_since = Instant::now();
+                            self.idle.push_back(container_id.clone());
+                        }
+                    }
+                }
+                self.record(
+                    Event::new("container.released", self.id())
+                        .tenant(tenant.as_str())
+                        .container(&container_id),
+                );
+                if let (Some(r), Some(info)) = (reply, info) {
+                    let _ = r.send(Ok(info));
+                }
+                if let Some(claim) = claim {
+                    for (req, r) in claim.after_release {
+                        self.on_claim(req, r);
+                    }
+                }
+                self.serve_queue();
+                self.refill();
+            }
+        }
+    }
+
+    fn rehandle_after_release(&mut self, tenant: &TenantId) {
+        let pending = self
+            .claims
+            .get_mut(tenant)
+            .map(|c| std::mem::take(&mut c.after_release))
+            .unwrap_or_default();
+        for (req, r) in pending {
+            self.on_claim(req, r);
+        }
+    }
+
+    // ----- containers ---------------------------------------------------------
+
+    fn refill(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let waiting = self.queue.len();
+        let want = (self.min_size + waiting).saturating_sub(self.idle.len() + self.starting);
+        let room = self.max_size.saturating_sub(self.containers.len());
+        let slots = CREATE_CONCURRENCY.saturating_sub(self.starting);
+        let n = want.min(room).min(slots);
+        if n == 0 || Instant::now() < self.next_create_at {
+            return;
+        }
+        for _ in 0..n {
+            if !self.ctx.capacity.try_reserve() {
+                break;
+            }
+            self.spawn_create();
+        }
+    }
+
+    fn spawn_create(&mut self) {
+        let container_id = format!("{}-{:08x}", self.id(), rand::random::<u32>());
+        let info = ContainerInfo {
+            name: format!("bh-{}-{}", self.ctx.config.instance, container_id),
+            dirs: ContainerDirs::new(&self.ctx.config, &container_id),
+            id: container_id.clone(),
+            docker_id: None,
+        };
+        let now = Utc::now();
+        self.containers.insert(
+            container_id.clone(),
+            Entry {
+                info: info.clone(),
+                status: Status::Starting,
+                health: "starting".into(),
+                created_at: now,
+                last_activity_at: now,
+                idle_since: Instant::now(),
+                cancelled: false,
+            },
+        );
+        self.starting += 1;
+        let ctx = self.ctx.clone();
+        let workload = self.workload.clone();
+        let hash = self.spec_hash.clone();
+        let owner = self.owner;
+        let image_present = self.image_present.clone();
+        self.spawn_report(async move {
+            let result =
+                create_container(&ctx, &workload, &hash, &info, owner, &image_present, now).await;
+            Msg::Created {
+                container_id,
+                result,
+            }
+        });
+    }
+
+    fn on_created(&mut self, container_id: String, result: Result<String, String>) {
+        self.starting = self.starting.saturating_sub(1);
+        match result {
+            Ok(docker_id) => {
+                self.failures = 0;
+                let Some(entry) = self.containers.get_mut(&container_id) else {
+                    return;
+                };
+                entry.info.docker_id = Some(docker_id);
+                if entry.cancelled || self.stopping {
+                    if !self.stopping {
+                        self.remove_container(&container_id);
+                    }
+                    return;
+                }
+                entry.status = Status::Idle;
+                entry.health = "healthy".into();
+                entry.idle_since = Instant::now();
+                self.idle.push_back(container_id.clone());
+                self.record(Event::new("container.created", self.id()).container(&container_id));
+                self.serve_queue();
+            }
+            Err(message) => {
+                self.containers.remove(&container_id);
+                self.ctx.capacity.release();
+                self.failures += 1;
+                self.next_create_at = Instant::now() + backoff(self.failures);
+                tracing::warn!(pool = %self.workload.id, failures = self.failures, error = %message, "container creation failed");
+                self.last_error = Some(LastError {
+                    message: message.clone(),
+                    timestamp: Utc::now(),
+                });
+                self.record(Event::new("pool.error", self.id()).message(message));
+                if self.starting == 0 {
+                    let err = self.unavailable();
+                    for tenant in std::mem::take(&mut self.queue) {
+                        if let Some(w) = self.waiting.remove(&tenant) {
+                            for r in w.replies {
+                                let _ = r.send(Err(err.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.refill();
+    }
+
+    /// Takes the container out of service and removes it in the background.
+    fn remove_container(&mut self, container_id: &str) {
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return;
+        };
+        if entry.status == Status::Removing {
+            return;
+        }
+        entry.status = Status::Removing;
+        self.idle.retain(|c| c != container_id);
+        let info = entry.info.clone();
+        let runtime = self.ctx.runtime.clone();
+        let container_id = container_id.to_owned();
+        self.spawn_report(async move {
+            destroy_container(runtime.as_ref(), &info).await;
+            Msg::Removed { container_id }
+        });
+    }
+
+    fn destroy(&mut self, container_id: &str, force: bool) -> Result<(), PoolError> {
+        let entry = self
+            .containers
+            .get_mut(container_id)
+            .ok_or_else(|| PoolError::ContainerNotFound(container_id.to_owned()))?;
+        match entry.status {
+            Status::Starting => {
+                entry.cancelled = true;
+                Ok(())
+            }
+            Status::Idle => {
+                self.remove_container(container_id);
+                Ok(())
+            }
+            Status::Removing => Ok(()),
+            Status::Releasing => Err(PoolError::Busy(format!(
+                "container {container_id} is being released; try again shortly"
+            ))),
+            Status::Claimed => {
+                let tenant = self
+                    .claims
+                    .iter()
+                    .find(|(_, c)| c.container_id == container_id)
+                    .map(|(t, _)| t.clone());
+                let Some(tenant) = tenant else {
+                    self.remove_container(container_id);
+                    return Ok(());
+                };
+                if !force {
+                    return Err(PoolError::ContainerClaimed(
+                        container_id.to_owned(),
+                        tenant.to_string(),
+                    ));
+                }
+                if let Some(mut claim) = self.claims.remove(&tenant) {
+                    if let Some(p) = claim.periodic.take() {
+                        p.abort();
+                    }
+                    for w in claim.waiters {
+                        let _ = w.send(Err(PoolError::Busy("the container was destroyed".into())));
+                    }
+                }
+                let ledger = self.ctx.ledger.clone();
+                let pool = self.id().to_owned();
+                let t = tenant.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = ledger.remove(&pool, &t).await {
+                        tracing::error!(pool, tenant = t, error = %e, "cannot remove claim record");
+                    }
+                });
+                self.record(
+                    Event::new("container.released", self.id())
+                        .tenant(tenant.as_str())
+                        .container(container_id)
+                        .message("forced: container destroyed without upload"),
+                );
+                self.remove_container(container_id);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: RuntimeEvent) {
+        let Some(entry) = self.containers.get_mut(&event.container_id) else {
+            return;
+        };
+        let health = match &event.kind {
+            EventKind::Died { exit_code } => match exit_code {
+                Some(code) => format!("dead (exit code {code})"),
+                None => "dead".to_owned(),
+            },
+            EventKind::Oom => "dead (out of memory)".to_owned(),
+            EventKind::Unhealthy => "unhealthy".to_owned(),
+            EventKind::Healthy => "healthy".to_owned(),
+        };
+        match entry.status {
+            Status::Idle if event.kind != EventKind::Healthy => {
+                tracing::warn!(pool = %self.workload.id, container = %event.container_id, health, "idle container failed; replacing it");
+                self.record(
+                    Event::new("container.unhealthy", self.id())
+                        .container(&event.container_id)
+                        .message(health),
+                );
+                self.remove_container(&event.container_id);
+                self.refill();
+            }
+            Status::Claimed | Status::Releasing => {
+                // Never swapped silently: the tenant's status shows it.
+                if entry.status == Status::Releasing
+                    && self.workload.pool.recycle == Recycle::Restart
+                {
+                    return;
+                }
+                entry.health = health.clone();
+                if let Some(claim) = self
+                    .claims
+                    .values_mut()
+                    .find(|c| c.container_id == event.container_id)
+                {
+                    claim.health = health.clone();
+                }
+                if event.kind != EventKind::Healthy {
+                    self.record(
+                        Event::new("container.unhealthy", self.id())
+                            .container(&event.container_id)
+                            .message(health),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----- timers ---------------------------------------------------------------
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Claims that waited too long.
+        let expired: Vec<TenantId> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.deadline <= now || w.replies.iter().all(|r| r.is_closed()))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tenant in expired {
+            if let Some(w) = self.waiting.remove(&tenant) {
+                self.queue.retain(|t| t != &tenant);
+                let err = if w.queued_at_capacity || self.failures == 0 {
+                    self.exhausted(Duration::ZERO)
+                } else {
+                    self.unavailable()
+                };
+                for r in w.replies {
+                    let _ = r.send(Err(err.clone()));
+                }
+            }
+        }
+        // Surplus idle containers past the pool's idle timeout.
+        if let Some(limit) = self.workload.pool.idle_timeout {
+            while self.idle.len() > self.min_size {
+                let Some(oldest) = self.idle.front().cloned() else {
+                    break;
+                };
+                let old = self
+                    .containers
+                    .get(&oldest)
+                    .is_some_and(|e| e.idle_since.elapsed() >= limit);
+                if !old {
+                    break;
+                }
+                self.remove_container(&oldest);
+            }
+        }
+        // Claim inactivity.
+        if let Some(limit) = self.ctx.config.idle_timeout() {
+            let limit = chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+            let wall = Utc::now();
+            let due: Vec<(TenantId, std::path::PathBuf)> = self
+                .claims
+                .iter_mut()
+                .filter(|(_, c)| {
+                    c.state == ClaimState::Warm
+                        && !c.checking_activity
+                        && wall - c.last_activity >= limit
+                        && c.auto_retry_at.is_none_or(|t| t <= now)
+                })
+                .filter_map(|(t, c)| {
+                    c.checking_activity = true;
+                    let dir = self
+                        .containers
+                        .get(&c.container_id)?
+                        .info
+                        .dirs
+                        .state
+                        .clone();
+                    Some((t.clone(), dir))
+                })
+                .collect();
+            for (tenant, dir) in due {
+                self.spawn_report(async move {
+                    let newest = tokio::task::spawn_blocking(move || fsutil::newest_mtime(&dir))
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(DateTime::<Utc>::from);
+                    Msg::Activity { tenant, newest }
+                });
+            }
+        }
+        self.refill();
+    }
+
+    fn on_activity(&mut self, tenant: TenantId, newest: Option<DateTime<Utc>>) {
+        let Some(claim) = self.claims.get_mut(&tenant) else {
+            return;
+        };
+        claim.checking_activity = false;
+        if claim.state != ClaimState::Warm {
+            return;
+        }
+        if let Some(newest) = newest {
+            if newest > claim.last_activity {
+                // The tenant wrote to its state: that is activity.
+                claim.last_activity = newest.min(Utc::now());
+                return;
+            }
+        }
+        tracing::info!(pool = %self.workload.id, tenant = %tenant, "releasing inactive claim");
+        self.on_release(tenant, true, None);
+    }
+
+    // ----- views ----------------------------------------------------------------
+
+    fn view(&self) -> PoolView {
+        let claimed = self
+            .containers
+            .values()
+            .filter(|e| matches!(e.status, Status::Claimed | Status::Releasing))
+            .count();
+        let status = if self.failures > 0 && self.idle.is_empty() {
+            "error"
+        } else if self.failures > 0 || self.idle.len() < self.min_size {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        PoolView {
+            id: self.id().to_owned(),
+            workload_id: self.id().to_owned(),
+            workload_name: self.workload.name.clone(),
+            image: self.workload.image.clone(),
+            min_size: self.min_size,
+            max_size: self.max_size,
+            current_size: self.containers.len(),
+            claimed_count: claimed,
+            idle_count: self.idle.len(),
+            starting_count: self.starting,
+            status,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let tenants: HashMap<&str, &TenantId> = self
+            .claims
+            .iter()
+            .map(|(t, c)| (c.container_id.as_str(), t))
+            .collect();
+        let containers = self
+            .containers
+            .values()
+            .map(|e| ContainerView {
+                id: e.info.id.clone(),
+                pool_id: self.id().to_owned(),
+                tenant_id: tenants.get(e.info.id.as_str()).map(|t| t.to_string()),
+                status: e.status.as_str(),
+                health: e.health.clone(),
+                image: self.workload.image.clone(),
+                created_at: e.created_at,
+                last_activity_at: e.last_activity_at,
+            })
+            .collect();
+        let claims = self
+            .claims
+            .iter()
+            .filter_map(|(t, c)| {
+                let e = self.containers.get(&c.container_id)?;
+                Some(ClaimView {
+                    tenant_id: t.to_string(),
+                    pool_id: self.id().to_owned(),
+                    container_id: c.container_id.clone(),
+                    container_name: e.info.name.clone(),
+                    status: match c.state {
+                        ClaimState::Provisioning => "provisioning",
+                        ClaimState::Warm => "warm",
+                        ClaimState::Releasing => "releasing",
+                    },
+                    claimed_at: c.claimed_at,
+                    last_activity: c.last_activity,
+                    health: c.health.clone(),
+                    sync_status: self.workload.sync.as_ref().map(|_| c.sync.status()),
+                    endpoints: endpoints(&e.info),
+                    metadata: c.metadata.clone(),
+                })
+            })
+            .collect();
+        Snapshot {
+            pool: self.view(),
+            containers,
+            claims,
+        }
+    }
+
+    fn scale(&mut self, target: i64) -> Result<ScaleOutcome, PoolError> {
+        if target < 0 || target as usize > self.max_size {
+            return Err(PoolError::Invalid(format!(
+                "targetSize {target} is out of range: it must be between 0 and the pool's max_size {}",
+                self.max_size
+            )));
+        }
+        let target = target as usize;
+        let previous = self
+            .containers
+            .values()
+            .filter(|e| e.status != Status::Removing)
+            .count();
+        let claimed = self.claims.len();
+        self.min_size = target.saturating_sub(claimed);
+        let floor = target.max(claimed);
+        let mut total = previous;
+        while total > floor {
+            let Some(c) = self.idle.back().cloned() else {
+                break;
+            };
+            self.remove_container(&c);
+            total -= 1;
+        }
+        self.refill();
+        self.record(
+            Event::new("pool.scaled", self.id()).message(format!("{previous} -> {target}")),
+        );
+        Ok(ScaleOutcome {
+            success: true,
+            previous_size: previous,
+            new_size: target,
+            message: format!(
+                "pool {} scaling from {previous} to {target} containers ({claimed} claimed; idle target now {})",
+                self.id(),
+                self.min_size
+            ),
+        })
+    }
+
+    fn shutdown(&mut self) {
+        self.stopping = true;
+        for claim in self.claims.values_mut() {
+            if let Some(p) = claim.periodic.take() {
+                p.abort();
+            }
+            for w in std::mem::take(&mut claim.waiters) {
+                let _ = w.send(Err(PoolError::Stopped));
+            }
+        }
+        for (_, w) in self.waiting.drain() {
+            for r in w.replies {
+                let _ = r.send(Err(PoolError::Stopped));
+            }
+        }
+    }
+}
+
+pub fn endpoints(info: &ContainerInfo) -> Endpoints {
+    Endpoints {
+        socket: info.dirs.socket.join("app.sock").display().to_string(),
+    }
+}
+
+// ----- the tasks the actor spawns ---------------------------------------------
+
+async fn create_container(
+    ctx: &PoolContext,
+    workload: &Workload,
+    spec_hash: &str,
+    info: &ContainerInfo,
+    owner: Owner,
+    image_present: &AtomicBool,
+    created_at: DateTime<Utc>,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let dirs = info.dirs.clone();
+    let made = tokio::task::spawn_blocking(move || fsutil::create_dirs(&dirs, owner))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| format!("cannot create container dirs: {e}")));
+    if let Err(e) = made {
+        fsutil::remove_dirs(&info.dirs);
+        return Err(e);
+    }
+    let result = async {
+        if !image_present.load(Ordering::Acquire) {
+            ctx.runtime
+                .ensure_image(&workload.image)
+                .await
+                .map_err(|e| e.to_string())?;
+            image_present.store(true, Ordering::Release);
+        }
+        let spec = ContainerSpec::for_workload(
+            workload,
+            &ctx.config,
+            &info.id,
+            &info.dirs,
+            spec_hash,
+            &created_at.to_rfc3339(),
+        );
+        let docker_id = ctx.runtime.create_and_start(&spec).await.map_err(|e| {
+            image_present.store(false, Ordering::Release);
+            e.to_string()
+        })?;
+        let timeout = ctx.config.claim_timeout().max(Duration::from_secs(5));
+        if let Err(e) = ctx
+            .runtime
+            .wait_ready(&docker_id, &spec.name, timeout)
+            .await
+        {
+            let _ = ctx.runtime.remove(&docker_id).await;
+            return Err(e.to_string());
+        }
+        Ok(docker_id)
+    }
+    .await;
+    match &result {
+        Ok(_) => {
+            tracing::debug!(pool = %workload.id, container = %info.id, elapsed_ms = started.elapsed().as_millis() as u64, "container ready")
+        }
+        Err(_) => fsutil::remove_dirs(&info.dirs),
+    }
+    result
+}
+
+async fn destroy_container(runtime: &dyn Runtime, info: &ContainerInfo) {
+    if let Some(docker_id) = &info.docker_id {
+        if let Err(e) = runtime.remove(docker_id).await {
+            tracing::warn!(container = %info.id, error = %e, "cannot remove container");
+        }
+    }
+    let dirs = info.dirs.clone();
+    let _ = tokio::task::spawn_blocking(move || fsutil::remove_dirs(&dirs)).await;
+}
+
+/// Restores state and records the claim durably. No Docker call.
+async fn prepare_claim(
+    ctx: &PoolContext,
+    workload: &Workload,
+    tenant: &TenantId,
+    info: &ContainerInfo,
+    sync: &ClaimSync,
+    owner: Owner,
+    record: &ClaimRecord,
+) -> Result<(), PoolError> {
+    if let Some(spec) = workload.sync.as_ref().filter(|s| s.policy.on_claim) {
+        ctx.activity
+            .record(Event::new("sync.started", workload.id.as_str()).tenant(tenant.as_str()));
+        match sync
+            .run(
+                &ctx.sync,
+                spec,
+                tenant.as_str(),
+                &info.dirs.state,
+                SyncOp::Download,
+                owner,
+            )
+            .await
+        {
+            Ok(_) => ctx
+                .activity
+                .record(Event::new("sync.completed", workload.id.as_str()).tenant(tenant.as_str())),
+            Err(e) => {
+                ctx.activity.record(
+                    Event::new("sync.failed", workload.id.as_str())
+                        .tenant(tenant.as_str())
+                        .message(e.to_string()),
+                );
+                return Err(PoolError::SyncFailed(format!(
+                    "restoring tenant {tenant}'s state failed, so the claim was not made: {e}"
+                )));
+            }
+        }
+    }
+    ctx.ledger
+        .put(record)
+        .await
+        .map_err(|e| PoolError::Internal(format!("cannot record the claim durably: {e}")))
+}
+
+/// Freeze, upload, forget, recycle — in that order, and nothing is wiped unless the
+/// upload succeeded (or the caller asked for no sync).
+async fn release_claim(
+    ctx: &PoolContext,
+    workload: &Workload,
+    tenant: &TenantId,
+    info: &ContainerInfo,
+    sync: &ClaimSync,
+    do_sync: bool,
+    owner: Owner,
+) -> Result<Recycled, PoolError> {
+    let runtime = ctx.runtime.as_ref();
+    let docker_id = info.docker_id.clone().unwrap_or_default();
+    // A dead container cannot be paused; its files are still a consistent snapshot.
+    let paused = runtime.pause(&docker_id).await.is_ok();
+    if let Some(spec) = workload
+        .sync
+        .as_ref()
+        .filter(|s| do_sync && s.policy.on_release)
+    {
+        ctx.activity
+            .record(Event::new("sync.started", workload.id.as_str()).tenant(tenant.as_str()));
+        if let Err(e) = sync
+            .run(
+                &ctx.sync,
+                spec,
+                tenant.as_str(),
+                &info.dirs.state,
+                SyncOp::Upload,
+                owner,
+            )
+            .await
+        {
+            if paused {
+                let _ = runtime.unpause(&docker_id).await;
+            }
+            return Err(PoolError::SyncFailed(format!(
+                "saving tenant {tenant}'s state failed, so the release was not done and the claim is intact: {e}"
+            )));
+        }
+        ctx.activity
+            .record(Event::new("sync.completed", workload.id.as_str()).tenant(tenant.as_str()));
+    }
+    // Forget the claim durably before wiping: a crash from here on can only leave an
+    // unclaimed container, never a claim whose state was wiped.
+    ctx.ledger
+        .remove(workload.id.as_str(), tenant.as_str())
+        .await
+        .map_err(|e| PoolError::Internal(format!("cannot remove the claim record: {e}")))?;
+    match workload.pool.recycle {
+        Recycle::Destroy => Ok(Recycled::Removing),
+        Recycle::Reuse | Recycle::Restart => {
+            let dirs = info.dirs.clone();
+            let wiped = tokio::task::spawn_blocking(move || {
+                fsutil::wipe_contents(&dirs.state)?;
+                fsutil::wipe_contents(&dirs.secrets)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            let ready = match wiped {
+                Err(e) => Err(format!("wipe failed: {e}")),
+                Ok(()) => {
+                    if paused {
+                        let _ = runtime.unpause(&docker_id).await;
+                    }
+                    if workload.pool.recycle == Recycle::Restart {
+                        match runtime.restart(&docker_id).await {
+                            Ok(()) => runtime
+                                .wait_ready(&docker_id, &info.name, ctx.config.claim_timeout())
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            match ready {
+                Ok(()) => Ok(Recycled::Idle),
+                Err(e) => {
+                    tracing::warn!(container = %info.id, error = %e, "recycling failed; removing the container");
+                    Ok(Recycled::Removing)
+                }
+            }
+        }
+    }
+}
+
+/// The secrets of a claim, written before the claim is answered.
+pub async fn write_secrets(
+    grant: &ClaimGrant,
+    secrets: BTreeMap<String, String>,
+) -> Result<(), PoolError> {
+    let dir = grant.container.dirs.secrets.clone();
+    let owner = grant.owner;
+    tokio::task::spawn_blocking(move || fsutil::write_secrets(&dir, &secrets, owner))
+        .await
+        .map_err(|e| PoolError::Internal(e.to_string()))?
+        .map_err(|e| PoolError::Internal(format!("cannot write secrets: {e}")))
+}

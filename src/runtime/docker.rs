@@ -1,0 +1,410 @@
+//! [`DockerRuntime`]: the [`Runtime`] over the Docker Engine API, through bollard.
+//!
+//! Honours `DOCKER_HOST` (`unix://…`, `tcp://…`) and negotiates the API version,
+//! so it works with old engines (API 1.41) and behind docker-socket-proxy: it
+//! only uses `/_ping`, `/version`, `/events`, `/containers/*` and `/images/*`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, HealthConfig, HealthStatusEnum, HostConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    RestartContainerOptionsBuilder, StartContainerOptions,
+};
+use bollard::Docker;
+use futures_util::stream::{BoxStream, StreamExt};
+
+use super::{
+    labels, ContainerSpec, EngineHealth, EngineState, EventKind, ManagedContainer, Runtime,
+    RuntimeError, RuntimeEvent,
+};
+
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    host: String,
+}
+
+impl DockerRuntime {
+    /// Connects as `DOCKER_HOST` says (default: the local socket) and negotiates
+    /// the API version with the engine.
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let host = std::env::var("DOCKER_HOST")
+            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+        let unreachable = |e: BollardError| RuntimeError::Unreachable {
+            host: host.clone(),
+            message: e.to_string(),
+        };
+        let docker = Docker::connect_with_defaults().map_err(unreachable)?;
+        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        let runtime = Self {
+            docker,
+            host: host.clone(),
+        };
+        runtime.ping().await?;
+        Ok(runtime)
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    async fn inspect_state(
+        &self,
+        docker_id: &str,
+    ) -> Result<(Option<ContainerStateStatusEnum>, EngineHealth, String), RuntimeError> {
+        let info = self
+            .docker
+            .inspect_container(docker_id, None::<InspectContainerOptions>)
+            .await
+            .map_err(api)?;
+        let state = info.state.unwrap_or_default();
+        let health = match state.health.as_ref().and_then(|h| h.status) {
+            None | Some(HealthStatusEnum::EMPTY) | Some(HealthStatusEnum::NONE) => {
+                EngineHealth::None
+            }
+            Some(HealthStatusEnum::STARTING) => EngineHealth::Starting,
+            Some(HealthStatusEnum::HEALTHY) => EngineHealth::Healthy,
+            Some(HealthStatusEnum::UNHEALTHY) => EngineHealth::Unhealthy,
+        };
+        let detail = format!(
+            "status {:?}, exit code {}{}{}",
+            state.status.map(|s| s.to_string()).unwrap_or_default(),
+            state.exit_code.unwrap_or_default(),
+            if state.oom_killed == Some(true) {
+                ", killed by the OOM killer"
+            } else {
+                ""
+            },
+            state
+                .error
+                .filter(|e| !e.is_empty())
+                .map(|e| format!(", error: {e}"))
+                .unwrap_or_default(),
+        );
+        Ok((state.status, health, detail))
+    }
+}
+
+fn api(e: BollardError) -> RuntimeError {
+    RuntimeError::Api(e.to_string())
+}
+
+fn is_status(e: &BollardError, codes: &[u16]) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
+}
+
+/// `name` → `name:latest`, so a pull never fetches every tag.
+fn with_tag(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_owned()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+fn nanos(d: Option<Duration>) -> Option<i64> {
+    d.map(|d| d.as_nanos() as i64)
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| RuntimeError::Unreachable {
+                host: self.host.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, &[404]) => {}
+            Err(e) => return Err(api(e)),
+        }
+        let reference = with_tag(image);
+        tracing::info!(image = %reference, "pulling missing image");
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(&reference)
+            .build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                return Err(RuntimeError::ImagePull {
+                    image: image.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        // A pull can "succeed" without producing the image (e.g. wrong platform).
+        self.docker
+            .inspect_image(image)
+            .await
+            .map(|_| ())
+            .map_err(|e| RuntimeError::ImagePull {
+                image: image.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let err = |e: BollardError| RuntimeError::Container {
+            name: spec.name.clone(),
+            message: e.to_string(),
+        };
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for p in &spec.ports {
+            let key = format!("{}/{}", p.container, p.protocol);
+            exposed.push(key.clone());
+            if let Some(host) = p.host {
+                port_bindings.insert(
+                    key,
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(host.to_string()),
+                    }]),
+                );
+            }
+        }
+        let host_config = HostConfig {
+            binds: Some(spec.binds.clone()),
+            tmpfs: Some(spec.tmpfs.clone()),
+            readonly_rootfs: Some(spec.read_only_root),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            pids_limit: Some(spec.pids_limit),
+            nano_cpus: Some(spec.nano_cpus),
+            memory: Some(spec.memory_bytes),
+            // Same as memory: no swap beyond the limit.
+            memory_swap: Some(spec.memory_bytes),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            network_mode: spec.network_mode.clone(),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            labels: Some(spec.labels.clone()),
+            env: Some(spec.env.clone()),
+            cmd: spec.cmd.clone(),
+            entrypoint: spec.entrypoint.clone(),
+            user: spec.user.clone(),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            healthcheck: spec.healthcheck.as_ref().map(|h| HealthConfig {
+                test: Some(h.test.clone()),
+                interval: nanos(h.interval),
+                timeout: nanos(h.timeout),
+                retries: h.retries.map(i64::from),
+                start_period: nanos(h.start_period),
+                start_interval: None,
+            }),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(err)?;
+        if let Err(e) = self
+            .docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+        {
+            let _ = self.remove(&created.id).await;
+            return Err(err(e));
+        }
+        Ok(created.id)
+    }
+
+    async fn wait_ready(
+        &self,
+        docker_id: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(5);
+        loop {
+            let (status, health, detail) = self.inspect_state(docker_id).await?;
+            match status {
+                Some(ContainerStateStatusEnum::RUNNING) => match health {
+                    EngineHealth::None | EngineHealth::Healthy => return Ok(()),
+                    EngineHealth::Unhealthy => {
+                        return Err(RuntimeError::NotReady {
+                            name: name.into(),
+                            timeout,
+                            message: "its healthcheck reports unhealthy".into(),
+                        })
+                    }
+                    EngineHealth::Starting => {}
+                },
+                Some(ContainerStateStatusEnum::CREATED)
+                | Some(ContainerStateStatusEnum::RESTARTING) => {}
+                _ => {
+                    return Err(RuntimeError::NotReady {
+                        name: name.into(),
+                        timeout,
+                        message: format!("it is not running ({detail})"),
+                    })
+                }
+            }
+            if started.elapsed() >= timeout {
+                return Err(RuntimeError::NotReady {
+                    name: name.into(),
+                    timeout,
+                    message: format!("still waiting ({detail}, health {health:?})"),
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    async fn pause(&self, docker_id: &str) -> Result<(), RuntimeError> {
+        self.docker.pause_container(docker_id).await.map_err(api)
+    }
+
+    async fn unpause(&self, docker_id: &str) -> Result<(), RuntimeError> {
+        match self.docker.unpause_container(docker_id).await {
+            // 409/500: "container is not paused" — already where we want it.
+            Err(e) if is_status(&e, &[409]) => Ok(()),
+            other => other.map_err(api),
+        }
+    }
+
+    async fn restart(&self, docker_id: &str) -> Result<(), RuntimeError> {
+        let options = RestartContainerOptionsBuilder::default().t(5).build();
+        self.docker
+            .restart_container(docker_id, Some(options))
+            .await
+            .map_err(api)
+    }
+
+    async fn remove(&self, docker_id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(docker_id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // Gone already, or its removal is already under way.
+            Err(e) if is_status(&e, &[404, 409]) => Ok(()),
+            Err(e) => Err(api(e)),
+        }
+    }
+
+    async fn list_managed(&self, instance: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let filters: HashMap<String, Vec<String>> = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{}=true", labels::MANAGED),
+                format!("{}={instance}", labels::INSTANCE),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(api)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let status = c.status.unwrap_or_default();
+                let state = match c.state.map(|s| s.to_string()).as_deref() {
+                    Some("running") => EngineState::Running,
+                    Some("paused") => EngineState::Paused,
+                    _ => EngineState::Other,
+                };
+                let health = if status.contains("(healthy)") {
+                    EngineHealth::Healthy
+                } else if status.contains("(unhealthy)") {
+                    EngineHealth::Unhealthy
+                } else if status.contains("(health: starting)") {
+                    EngineHealth::Starting
+                } else {
+                    EngineHealth::None
+                };
+                Some(ManagedContainer {
+                    docker_id: c.id?,
+                    labels: c.labels.unwrap_or_default(),
+                    state,
+                    health,
+                })
+            })
+            .collect())
+    }
+
+    fn events(&self, instance: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
+        let filters: HashMap<String, Vec<String>> = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            (
+                "label".to_owned(),
+                vec![format!("{}={instance}", labels::INSTANCE)],
+            ),
+        ]);
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        self.docker
+            .events(Some(options))
+            .filter_map(|item| async move {
+                let msg = match item {
+                    Ok(m) => m,
+                    Err(e) => return Some(Err(api(e))),
+                };
+                let action = msg.action.unwrap_or_default();
+                let attrs = msg.actor.and_then(|a| a.attributes).unwrap_or_default();
+                let kind = match action.as_str() {
+                    "die" => EventKind::Died {
+                        exit_code: attrs.get("exitCode").and_then(|c| c.parse().ok()),
+                    },
+                    "oom" => EventKind::Oom,
+                    "health_status: healthy" => EventKind::Healthy,
+                    "health_status: unhealthy" => EventKind::Unhealthy,
+                    _ => return None,
+                };
+                Some(Ok(RuntimeEvent {
+                    pool: attrs.get(labels::POOL)?.clone(),
+                    container_id: attrs.get(labels::CONTAINER_ID)?.clone(),
+                    kind,
+                }))
+            })
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_tag;
+
+    #[test]
+    fn pulls_name_with_a_tag() {
+        assert_eq!(with_tag("alpine"), "alpine:latest");
+        assert_eq!(with_tag("alpine:3.20"), "alpine:3.20");
+        assert_eq!(with_tag("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(with_tag("r.io/app@sha256:abc"), "r.io/app@sha256:abc");
+    }
+}

@@ -1,0 +1,139 @@
+//! Start-up: logging, workloads, the Docker connection, recovery, the HTTP server,
+//! and graceful shutdown. `main` calls [`run`]; nothing here calls `exit`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+
+use crate::activity::ActivityLog;
+use crate::api::{self, AppState};
+use crate::config::{Config, LogFormat};
+use crate::manager::ContainerManager;
+use crate::runtime::{DockerRuntime, Runtime};
+use crate::workload::{self, Workload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("invalid workloads in {dir}:\n{errors}")]
+    Workloads {
+        dir: String,
+        errors: workload::LoadErrors,
+    },
+    #[error("{0}\nIs Docker running, and does DOCKER_HOST point at it?")]
+    Docker(crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Manager(#[from] crate::manager::StartError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The workloads of `config.workloads_dir`, or the built-in `default` one if it has none.
+pub fn load_workloads(config: &Config) -> Result<Vec<Workload>, StartupError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let workloads = workload::load_dir(&config.workloads_dir, &env, &config.default_image)
+        .map_err(|errors| StartupError::Workloads {
+            dir: config.workloads_dir.display().to_string(),
+            errors,
+        })?;
+    if workloads.is_empty() {
+        tracing::info!(
+            dir = %config.workloads_dir.display(),
+            image = %config.default_image,
+            "no workload files; using the built-in default workload"
+        );
+        return Ok(vec![workload::builtin_default(&config.default_image)]);
+    }
+    Ok(workloads)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), StartupError> {
+    let unknown = Config::unknown_vars(std::env::vars());
+    if !unknown.is_empty() {
+        tracing::warn!(variables = ?unknown, "ignoring unknown BOILERHOUSE_ variables (typos?)");
+    }
+    let workloads = load_workloads(&config)?;
+    let runtime = DockerRuntime::connect()
+        .await
+        .map_err(StartupError::Docker)?;
+    let addr = SocketAddr::new(config.api_host, config.api_port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })?;
+    serve(
+        config,
+        Arc::new(runtime),
+        workloads,
+        listener,
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops the pools (leaving
+/// every container running for the next start).
+pub async fn serve(
+    config: Config,
+    runtime: Arc<dyn Runtime>,
+    workloads: Vec<Workload>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let config = Arc::new(config);
+    let pools: Vec<String> = workloads.iter().map(|w| w.id.to_string()).collect();
+    let manager = Arc::new(
+        ContainerManager::start(
+            config.clone(),
+            runtime,
+            workloads,
+            Arc::new(ActivityLog::default()),
+        )
+        .await?,
+    );
+    let state = AppState {
+        manager: manager.clone(),
+        api_token: config.api_token.as_deref().map(Arc::from),
+        started: Instant::now(),
+    };
+    let app = api::router(state);
+    let local = listener.local_addr().map_err(StartupError::Serve)?;
+    tracing::info!(addr = %local, instance = %config.instance, ?pools, "boilerhouse listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(StartupError::Serve)?;
+    tracing::info!("shutting down: containers stay running for the next start");
+    manager.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
