@@ -10,6 +10,7 @@ pub mod config;
 pub mod fsutil;
 pub mod ledger;
 pub mod manager;
+pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod startup;

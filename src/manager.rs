@@ -225,15 +225,8 @@ impl ContainerManager {
         } = pool.sync_target(tenant.clone()).await?;
         let mut results = Vec::new();
         for op in ops {
-            let r = sync
-                .run(
-                    &self.ctx.sync,
-                    spec,
-                    tenant.as_str(),
-                    &container.dirs.state,
-                    *op,
-                    owner,
-                )
+            let dir = &container.dirs.state;
+            let r = pool::run_sync(&self.ctx, &sync, spec, pool.id(), tenant, dir, *op, owner)
                 .await
                 .map_err(|e| PoolError::SyncFailed(e.to_string()))?;
             results.extend(r);

@@ -10,6 +10,7 @@
 //! ready before it became idle, and Docker events take dead ones out of the set.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +26,9 @@ use crate::fsutil::{self, Owner};
 use crate::ledger::{ClaimRecord, Ledger};
 use crate::runtime::spec::{spec_hash, ContainerDirs};
 use crate::runtime::{ContainerSpec, EventKind, Runtime, RuntimeEvent};
-use crate::sync::{ClaimSync, SyncEngine, SyncOp, SyncStatus};
+use crate::sync::{ClaimSync, SyncEngine, SyncError, SyncOp, SyncStatus, TransferResult};
 use crate::tenant::TenantId;
-use crate::workload::{Recycle, Workload};
+use crate::workload::{Recycle, SyncSpec, Workload};
 
 /// Containers one pool creates at once.
 const CREATE_CONCURRENCY: usize = 8;
@@ -117,6 +118,8 @@ pub struct ContainerInfo {
 #[derive(Debug, Clone)]
 pub struct ClaimGrant {
     pub container: ContainerInfo,
+    /// The claim waited for a container (cold start or queue) instead of taking an idle one.
+    pub cold: bool,
     pub claimed_at: DateTime<Utc>,
     pub reused: bool,
     pub sync_status: Option<SyncStatus>,
@@ -389,6 +392,7 @@ enum ClaimState {
 
 struct Claim {
     container_id: String,
+    cold: bool,
     state: ClaimState,
     claimed_at: DateTime<Utc>,
     last_activity: DateTime<Utc>,
@@ -518,6 +522,7 @@ impl Pool {
                     tenant,
                     Claim {
                         container_id: a.container_id.clone(),
+                        cold: false,
                         state: ClaimState::Warm,
                         claimed_at: record.claimed_at,
                         last_activity: now,
@@ -658,7 +663,7 @@ impl Pool {
             return;
         }
         if let Some(container_id) = self.idle.pop_front() {
-            self.start_provisioning(req.tenant, container_id, vec![reply], req.metadata);
+            self.start_provisioning(req.tenant, container_id, vec![reply], req.metadata, false);
             self.refill();
             return;
         }
@@ -733,7 +738,7 @@ impl Pool {
                 continue;
             }
             if let Some(container_id) = self.idle.pop_front() {
-                self.start_provisioning(tenant, container_id, w.replies, w.metadata);
+                self.start_provisioning(tenant, container_id, w.replies, w.metadata, true);
             }
         }
     }
@@ -744,6 +749,7 @@ impl Pool {
         container_id: String,
         waiters: Vec<Reply<ClaimGrant>>,
         metadata: Option<serde_json::Value>,
+        cold: bool,
     ) {
         let now = Utc::now();
         let pool_id = self.id().to_owned();
@@ -765,6 +771,7 @@ impl Pool {
             tenant.clone(),
             Claim {
                 container_id,
+                cold,
                 state: ClaimState::Provisioning,
                 claimed_at: now,
                 last_activity: now,
@@ -797,6 +804,7 @@ impl Pool {
             .ok_or_else(|| PoolError::Internal("claimed container vanished".into()))?;
         Ok(ClaimGrant {
             container: entry.info.clone(),
+            cold: claim.cold && !reused,
             claimed_at: claim.claimed_at,
             reused,
             sync_status: self.workload.sync.as_ref().map(|_| claim.sync.status()),
@@ -852,38 +860,22 @@ impl Pool {
             return;
         };
         let state_dir = entry.info.dirs.state.clone();
-        let engine = self.ctx.sync.clone();
+        let ctx = self.ctx.clone();
         let cell = claim.sync.clone();
-        let activity = self.ctx.activity.clone();
         let tenant = tenant.clone();
+        let owner = self.owner;
         claim.periodic = Some(tokio::spawn(async move {
             let mut timer =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             loop {
                 timer.tick().await;
-                activity.record(Event::new("sync.started", &pool).tenant(tenant.as_str()));
-                match cell
-                    .run(
-                        &engine,
-                        &sync_spec,
-                        tenant.as_str(),
-                        &state_dir,
-                        SyncOp::Upload,
-                        None,
-                    )
-                    .await
+                let op = SyncOp::Upload;
+                if let Err(e) = run_sync(
+                    &ctx, &cell, &sync_spec, &pool, &tenant, &state_dir, op, owner,
+                )
+                .await
                 {
-                    Ok(_) => {
-                        activity.record(Event::new("sync.completed", &pool).tenant(tenant.as_str()))
-                    }
-                    Err(e) => {
-                        tracing::warn!(pool = %pool, tenant = %tenant, error = %e, "periodic upload failed");
-                        activity.record(
-                            Event::new("sync.failed", &pool)
-                                .tenant(tenant.as_str())
-                                .message(e.to_string()),
-                        );
-                    }
+                    tracing::warn!(pool = %pool, tenant = %tenant, error = %e, "periodic upload failed");
                 }
             }
         }));
@@ -984,17 +976,11 @@ impl Pool {
                     entry.status = Status::Claimed;
                 }
                 self.start_periodic(&tenant);
-                self.record(
-                    Event::new("sync.failed", self.id())
-                        .tenant(tenant.as_str())
-                        .container(&container_id)
-                        .message(e.to_string()),
-                );
+                tracing::warn!(pool = %self.workload.id, tenant = %tenant, error = %e, "release failed; the claim is intact");
                 if let Some(r) = reply {
                     let _ = r.send(Err(e));
                 }
                 self.rehandle_after_release(&tenant);
-                return;
             }
             Ok(recycled) => {
                 let claim = self.claims.remove(&tenant);
@@ -1575,6 +1561,7 @@ async fn create_container(
         Ok(docker_id)
     }
     .await;
+    crate::metrics::container_created(workload.id.as_str(), result.is_ok(), started.elapsed());
     match &result {
         Ok(_) => {
             tracing::debug!(pool = %workload.id, container = %info.id, elapsed_ms = started.elapsed().as_millis() as u64, "container ready")
@@ -1605,33 +1592,14 @@ async fn prepare_claim(
     record: &ClaimRecord,
 ) -> Result<(), PoolError> {
     if let Some(spec) = workload.sync.as_ref().filter(|s| s.policy.on_claim) {
-        ctx.activity
-            .record(Event::new("sync.started", workload.id.as_str()).tenant(tenant.as_str()));
-        match sync
-            .run(
-                &ctx.sync,
-                spec,
-                tenant.as_str(),
-                &info.dirs.state,
-                SyncOp::Download,
-                owner,
-            )
+        let (pool, dir) = (workload.id.as_str(), &info.dirs.state);
+        run_sync(ctx, sync, spec, pool, tenant, dir, SyncOp::Download, owner)
             .await
-        {
-            Ok(_) => ctx
-                .activity
-                .record(Event::new("sync.completed", workload.id.as_str()).tenant(tenant.as_str())),
-            Err(e) => {
-                ctx.activity.record(
-                    Event::new("sync.failed", workload.id.as_str())
-                        .tenant(tenant.as_str())
-                        .message(e.to_string()),
-                );
-                return Err(PoolError::SyncFailed(format!(
+            .map_err(|e| {
+                PoolError::SyncFailed(format!(
                     "restoring tenant {tenant}'s state failed, so the claim was not made: {e}"
-                )));
-            }
-        }
+                ))
+            })?;
     }
     ctx.ledger
         .put(record)
@@ -1659,19 +1627,8 @@ async fn release_claim(
         .as_ref()
         .filter(|s| do_sync && s.policy.on_release)
     {
-        ctx.activity
-            .record(Event::new("sync.started", workload.id.as_str()).tenant(tenant.as_str()));
-        if let Err(e) = sync
-            .run(
-                &ctx.sync,
-                spec,
-                tenant.as_str(),
-                &info.dirs.state,
-                SyncOp::Upload,
-                owner,
-            )
-            .await
-        {
+        let (pool, dir) = (workload.id.as_str(), &info.dirs.state);
+        if let Err(e) = run_sync(ctx, sync, spec, pool, tenant, dir, SyncOp::Upload, owner).await {
             if paused {
                 let _ = runtime.unpause(&docker_id).await;
             }
@@ -1679,8 +1636,6 @@ async fn release_claim(
                 "saving tenant {tenant}'s state failed, so the release was not done and the claim is intact: {e}"
             )));
         }
-        ctx.activity
-            .record(Event::new("sync.completed", workload.id.as_str()).tenant(tenant.as_str()));
     }
     // Forget the claim durably before wiping: a crash from here on can only leave an
     // unclaimed container, never a claim whose state was wiped.
@@ -1727,6 +1682,40 @@ async fn release_claim(
             }
         }
     }
+}
+
+/// Runs one transfer for a claim, recording activity events and metrics.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_sync(
+    ctx: &PoolContext,
+    cell: &ClaimSync,
+    spec: &SyncSpec,
+    pool: &str,
+    tenant: &TenantId,
+    state_dir: &Path,
+    op: SyncOp,
+    owner: Owner,
+) -> Result<Vec<TransferResult>, SyncError> {
+    let direction = match op {
+        SyncOp::Upload => "upload",
+        SyncOp::Download => "download",
+    };
+    ctx.activity.record(
+        Event::new("sync.started", pool)
+            .tenant(tenant.as_str())
+            .message(direction),
+    );
+    let started = Instant::now();
+    let result = cell
+        .run(&ctx.sync, spec, tenant.as_str(), state_dir, op, owner)
+        .await;
+    crate::metrics::sync(pool, direction, result.is_ok(), started.elapsed());
+    let event = match &result {
+        Ok(_) => Event::new("sync.completed", pool).message(direction),
+        Err(e) => Event::new("sync.failed", pool).message(format!("{direction}: {e}")),
+    };
+    ctx.activity.record(event.tenant(tenant.as_str()));
+    result
 }
 
 /// The secrets of a claim, written before the claim is answered.

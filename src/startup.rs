@@ -98,6 +98,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
+    let metrics = crate::metrics::install();
     let config = Arc::new(config);
     let pools: Vec<String> = workloads.iter().map(|w| w.id.to_string()).collect();
     let manager = Arc::new(
@@ -113,6 +114,7 @@ pub async fn serve(
         manager: manager.clone(),
         api_token: config.api_token.as_deref().map(Arc::from),
         started: Instant::now(),
+        metrics,
     };
     let app = api::router(state);
     let local = listener.local_addr().map_err(StartupError::Serve)?;

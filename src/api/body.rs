@@ -34,3 +34,41 @@ where
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
 }
+
+/// Query parameters whose rejection is a JSON 400 naming the parameter.
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|r| ApiError::BadRequest(format!("invalid query string: {}", r.body_text())))
+    }
+}
+
+/// One path parameter; a segment that is not valid UTF-8 is a JSON 400.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|r| ApiError::BadRequest(format!("invalid path: {}", r.body_text())))
+    }
+}

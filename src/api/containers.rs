@@ -1,10 +1,11 @@
 //! `/containers`: every managed container, and forced destruction.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::body::{PathParam, QueryParams};
 use super::{ApiError, AppState};
 use crate::pool::ContainerView;
 
@@ -16,7 +17,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Vec<ContainerView>>, ApiError> {
     if let Some(p) = &q.pool_id {
         state.resolve_pool(Some(p))?;
@@ -36,7 +37,7 @@ async fn find(state: &AppState, id: &str) -> Result<ContainerView, ApiError> {
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<ContainerView>, ApiError> {
     Ok(Json(find(&state, &id).await?))
 }
@@ -49,8 +50,8 @@ pub struct DestroyQuery {
 
 pub async fn destroy(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<DestroyQuery>,
+    PathParam(id): PathParam,
+    QueryParams(q): QueryParams<DestroyQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let container = find(&state, &id).await?;
     let pool = state.resolve_pool(Some(&container.pool_id))?;

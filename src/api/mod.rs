@@ -32,6 +32,7 @@ pub struct AppState {
     pub manager: Arc<ContainerManager>,
     pub api_token: Option<Arc<str>>,
     pub started: Instant,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -82,6 +83,8 @@ fn routes(state: &AppState) -> Router<AppState> {
         .route("/workloads/{id}", get(pools::workload))
         .route("/stats", get(system::stats))
         .route("/activity", get(system::activity))
+        .route("/events", get(system::events))
+        .route("/metrics", get(system::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -1,11 +1,11 @@
 //! `/pools` and `/workloads`: pool state, scaling, and the parsed workload specs
 //! (sink credentials redacted by the spec's serializer).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use super::body::JsonBody;
+use super::body::{JsonBody, PathParam};
 use super::{ApiError, AppState};
 use crate::pool::{PoolView, ScaleOutcome};
 use crate::workload::Workload;
@@ -16,7 +16,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<PoolView>> {
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<PoolView>, ApiError> {
     let pool = state.resolve_pool(Some(&id))?;
     Ok(Json(pool.snapshot().await?.pool))
@@ -30,7 +30,7 @@ pub struct ScaleBody {
 
 pub async fn scale(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(body): JsonBody<ScaleBody>,
 ) -> Result<Json<ScaleOutcome>, ApiError> {
     let pool = state.resolve_pool(Some(&id))?;
@@ -52,7 +52,7 @@ pub async fn workloads(State(state): State<AppState>) -> Json<Vec<Workload>> {
 
 pub async fn workload(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Workload>, ApiError> {
     let pool = state.resolve_pool(Some(&id))?;
     Ok(Json((*pool.workload).clone()))

@@ -1,12 +1,13 @@
 //! Daemon-level routes: liveness, readiness, totals and the activity log.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::body::QueryParams;
 use super::AppState;
 use crate::activity::CAPACITY;
 
@@ -72,8 +73,50 @@ pub struct ActivityQuery {
 
 pub async fn activity(
     State(state): State<AppState>,
-    Query(q): Query<ActivityQuery>,
+    QueryParams(q): QueryParams<ActivityQuery>,
 ) -> Json<serde_json::Value> {
     let limit = q.limit.unwrap_or(100).min(CAPACITY);
     Json(json!({"events": state.manager.activity().recent(limit)}))
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return super::ApiError::Internal("metrics recorder unavailable".into()).into_response();
+    };
+    crate::metrics::set_pool_gauges(&state.manager.pool_views().await);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Server-sent events: every activity event as it happens (`event:` = its type,
+/// `data:` = its JSON). A follower that falls behind is told how many it missed.
+pub async fn events(
+    State(state): State<AppState>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = state.manager.activity().subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = match rx.recv().await {
+            Ok(event) => SseEvent::default()
+                .event(event.kind)
+                .json_data(&event)
+                .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
+            Err(RecvError::Lagged(n)) => SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{n}}}")),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(item), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::body::JsonBody;
+use super::body::{JsonBody, PathParam};
 use super::{ApiError, AppState};
 use crate::fsutil::validate_secret_name;
 use crate::pool::{endpoints, ClaimRequest, ClaimView, Endpoints, PoolError};
@@ -63,7 +63,7 @@ pub struct ClaimResponse {
 
 pub async fn claim(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(body): JsonBody<ClaimBody>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
     let tenant = tenant_id(&id)?;
@@ -84,11 +84,18 @@ pub async fn claim(
         queue_wait,
         metadata: body.metadata,
     };
-    let grant = state
-        .manager
-        .claim(pool, request, body.secrets)
-        .await
-        .map_err(ApiError::from)?;
+    let started = std::time::Instant::now();
+    let result = state.manager.claim(pool, request, body.secrets).await;
+    let outcome = match &result {
+        Ok(g) if g.reused => "reused",
+        Ok(g) if g.cold => "cold",
+        Ok(_) => "warm",
+        Err(PoolError::Exhausted(_)) => "exhausted",
+        Err(PoolError::Unavailable(_)) => "unavailable",
+        Err(_) => "error",
+    };
+    crate::metrics::claim(pool.id(), outcome, started.elapsed());
+    let grant = result.map_err(ApiError::from)?;
     Ok(Json(ClaimResponse {
         tenant_id: tenant.to_string(),
         pool_id: pool.id().to_owned(),
@@ -125,7 +132,7 @@ impl Default for ReleaseBody {
 
 pub async fn release(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(body): JsonBody<ReleaseBody>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_id(&id)?;
@@ -133,11 +140,20 @@ pub async fn release(
         Some(p) => Some(state.resolve_pool(Some(p))?),
         None => None,
     };
-    let released = state
-        .manager
-        .release(&tenant, pool, body.sync)
-        .await
-        .map_err(pool_err(&tenant, body.pool_id.as_deref()))?;
+    let started = std::time::Instant::now();
+    let result = state.manager.release(&tenant, pool, body.sync).await;
+    match &result {
+        Ok(released) => {
+            for (pool, _) in released {
+                crate::metrics::release(pool, true, started.elapsed());
+            }
+        }
+        Err(PoolError::NotClaimed) => {}
+        Err(_) => {
+            crate::metrics::release(pool.map_or("unknown", |p| p.id()), false, started.elapsed())
+        }
+    }
+    let released = result.map_err(pool_err(&tenant, body.pool_id.as_deref()))?;
     let released: Vec<Value> = released
         .into_iter()
         .map(|(pool, info)| json!({"poolId": pool, "containerId": info.id}))
@@ -147,7 +163,7 @@ pub async fn release(
 
 pub async fn status(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_id(&id)?;
     let claims = state.manager.tenant_claims(&tenant).await;
@@ -178,7 +194,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<ClaimView>> {
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_id(&id)?;
     let claims = state.manager.tenant_claims(&tenant).await;
@@ -214,7 +230,7 @@ pub struct SyncResponse {
 
 pub async fn sync(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(body): JsonBody<SyncBody>,
 ) -> Result<Json<SyncResponse>, ApiError> {
     let tenant = tenant_id(&id)?;

@@ -60,11 +60,13 @@ impl DockerRuntime {
         &self,
         docker_id: &str,
     ) -> Result<(Option<ContainerStateStatusEnum>, EngineHealth, String), RuntimeError> {
-        let info = self
-            .docker
-            .inspect_container(docker_id, None::<InspectContainerOptions>)
-            .await
-            .map_err(api)?;
+        let info = counted(
+            "inspect",
+            self.docker
+                .inspect_container(docker_id, None::<InspectContainerOptions>)
+                .await,
+        )
+        .map_err(api)?;
         let state = info.state.unwrap_or_default();
         let health = match state.health.as_ref().and_then(|h| h.status) {
             None | Some(HealthStatusEnum::EMPTY) | Some(HealthStatusEnum::NONE) => {
@@ -95,6 +97,14 @@ impl DockerRuntime {
 
 fn api(e: BollardError) -> RuntimeError {
     RuntimeError::Api(e.to_string())
+}
+
+/// Counts a failed engine call by operation, then passes the error on.
+fn counted<T, E>(operation: &'static str, result: Result<T, E>) -> Result<T, E> {
+    if result.is_err() {
+        crate::metrics::docker_error(operation);
+    }
+    result
 }
 
 fn is_status(e: &BollardError, codes: &[u16]) -> bool {
@@ -142,6 +152,7 @@ impl Runtime for DockerRuntime {
         let mut stream = self.docker.create_image(Some(options), None, None);
         while let Some(item) = stream.next().await {
             if let Err(e) = item {
+                crate::metrics::docker_error("pull");
                 return Err(RuntimeError::ImagePull {
                     image: image.to_owned(),
                     message: e.to_string(),
@@ -221,16 +232,17 @@ impl Runtime for DockerRuntime {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
-        let created = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(err)?;
-        if let Err(e) = self
-            .docker
-            .start_container(&created.id, None::<StartContainerOptions>)
-            .await
-        {
+        let created = counted(
+            "create",
+            self.docker.create_container(Some(options), body).await,
+        )
+        .map_err(err)?;
+        if let Err(e) = counted(
+            "start",
+            self.docker
+                .start_container(&created.id, None::<StartContainerOptions>)
+                .await,
+        ) {
             let _ = self.remove(&created.id).await;
             return Err(err(e));
         }
@@ -282,23 +294,26 @@ impl Runtime for DockerRuntime {
     }
 
     async fn pause(&self, docker_id: &str) -> Result<(), RuntimeError> {
-        self.docker.pause_container(docker_id).await.map_err(api)
+        counted("pause", self.docker.pause_container(docker_id).await).map_err(api)
     }
 
     async fn unpause(&self, docker_id: &str) -> Result<(), RuntimeError> {
         match self.docker.unpause_container(docker_id).await {
             // 409/500: "container is not paused" — already where we want it.
             Err(e) if is_status(&e, &[409]) => Ok(()),
-            other => other.map_err(api),
+            other => counted("unpause", other).map_err(api),
         }
     }
 
     async fn restart(&self, docker_id: &str) -> Result<(), RuntimeError> {
         let options = RestartContainerOptionsBuilder::default().t(5).build();
-        self.docker
-            .restart_container(docker_id, Some(options))
-            .await
-            .map_err(api)
+        counted(
+            "restart",
+            self.docker
+                .restart_container(docker_id, Some(options))
+                .await,
+        )
+        .map_err(api)
     }
 
     async fn remove(&self, docker_id: &str) -> Result<(), RuntimeError> {
@@ -310,7 +325,7 @@ impl Runtime for DockerRuntime {
             Ok(()) => Ok(()),
             // Gone already, or its removal is already under way.
             Err(e) if is_status(&e, &[404, 409]) => Ok(()),
-            Err(e) => Err(api(e)),
+            Err(e) => counted("remove", Err(e)).map_err(api),
         }
     }
 
@@ -326,11 +341,8 @@ impl Runtime for DockerRuntime {
             .all(true)
             .filters(&filters)
             .build();
-        let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(api)?;
+        let list =
+            counted("list", self.docker.list_containers(Some(options)).await).map_err(api)?;
         Ok(list
             .into_iter()
             .filter_map(|c| {

@@ -424,7 +424,7 @@ struct Loader<'a> {
 const TOP_KEYS: &str = "id name image command entrypoint environment volumes healthcheck \
     ports deploy read_only user network_mode labels cap_add pool sync";
 
-/// Top-level compose keys that would weaken isolation, and why they are refused.
+/// Top-level compose keys that are refused, and why (mostly: they would weaken isolation).
 const REFUSED: &[(&str, &str)] = &[
     ("devices", "host devices give the container direct access to host hardware"),
     ("security_opt", "it can switch off the seccomp, AppArmor or SELinux confinement that keeps containers apart from the host"),
@@ -432,9 +432,8 @@ const REFUSED: &[(&str, &str)] = &[
     ("cap_drop", "dropping capabilities is not supported yet; containers get Docker's default set plus cap_add"),
 ];
 
-const VOLUME_REFUSED: &str = "only state, secrets and comm can be configured; other volumes, \
-    host bind mounts included, are refused because they would let tenants reach host files \
-    or share data with each other";
+const VOLUME_REFUSED: &str = "only the state, secrets and comm volumes exist; extra volumes \
+    and host bind mounts would let tenants reach host files or share data with each other";
 
 impl Loader<'_> {
     fn err(&mut self, at: &KeyPath, message: impl Into<String>) {
@@ -659,7 +658,7 @@ impl Loader<'_> {
                     }
                     _ => "this volume".to_owned(),
                 };
-                self.err(&at.index(i), format!("{what} is refused: {VOLUME_REFUSED}. Use the mapping form `volumes: {{state: {{target: /data}}}}` to choose where they are mounted"));
+                self.err(&at.index(i), format!("{what} is refused: {VOLUME_REFUSED}. Choose where those three are mounted with the mapping form, e.g. `volumes: {{state: {{target: /data}}}}`"));
             }
             return vols;
         }

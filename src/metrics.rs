@@ -1,0 +1,91 @@
+//! Prometheus metrics (SPEC §9), through the `metrics` facade and its Prometheus
+//! exporter. Recording sites call the small functions here so metric names and
+//! labels are spelled in one place.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::pool::PoolView;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+/// Installs the process-wide recorder once; later calls get the same handle.
+pub fn install() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone()
+}
+
+/// `result`: warm, cold, reused, exhausted, unavailable or error.
+pub fn claim(pool: &str, result: &'static str, elapsed: Duration) {
+    metrics::counter!("boilerhouse_claims_total", "pool" => pool.to_owned(), "result" => result)
+        .increment(1);
+    metrics::histogram!("boilerhouse_claim_duration_seconds", "pool" => pool.to_owned(), "result" => result)
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn release(pool: &str, ok: bool, elapsed: Duration) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!("boilerhouse_releases_total", "pool" => pool.to_owned(), "result" => result)
+        .increment(1);
+    metrics::histogram!("boilerhouse_release_duration_seconds", "pool" => pool.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn sync(pool: &str, direction: &'static str, ok: bool, elapsed: Duration) {
+    metrics::histogram!("boilerhouse_sync_duration_seconds", "pool" => pool.to_owned(), "direction" => direction)
+        .record(elapsed.as_secs_f64());
+    if !ok {
+        metrics::counter!("boilerhouse_sync_failures_total", "pool" => pool.to_owned(), "direction" => direction)
+            .increment(1);
+    }
+}
+
+pub fn container_created(pool: &str, ok: bool, elapsed: Duration) {
+    if ok {
+        metrics::histogram!("boilerhouse_container_create_duration_seconds", "pool" => pool.to_owned())
+            .record(elapsed.as_secs_f64());
+    } else {
+        metrics::counter!("boilerhouse_container_create_failures_total", "pool" => pool.to_owned())
+            .increment(1);
+    }
+}
+
+pub fn docker_error(operation: &'static str) {
+    metrics::counter!("boilerhouse_docker_errors_total", "operation" => operation).increment(1);
+}
+
+/// Gauges derived from the pools' state at scrape time.
+pub fn set_pool_gauges(pools: &[PoolView]) {
+    for p in pools {
+        let released = p
+            .current_size
+            .saturating_sub(p.idle_count + p.claimed_count + p.starting_count);
+        for (state, n) in [
+            ("idle", p.idle_count),
+            ("claimed", p.claimed_count),
+            ("starting", p.starting_count),
+            ("releasing", released),
+        ] {
+            metrics::gauge!("boilerhouse_containers", "pool" => p.id.clone(), "state" => state)
+                .set(n as f64);
+        }
+        metrics::gauge!("boilerhouse_pool_min_size", "pool" => p.id.clone()).set(p.min_size as f64);
+        metrics::gauge!("boilerhouse_pool_max_size", "pool" => p.id.clone()).set(p.max_size as f64);
+        metrics::gauge!("boilerhouse_pool_healthy", "pool" => p.id.clone())
+            .set(if p.status == "healthy" { 1.0 } else { 0.0 });
+    }
+}
