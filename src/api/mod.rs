@@ -5,6 +5,7 @@ pub mod auth;
 pub mod body;
 pub mod containers;
 pub mod error;
+pub mod openapi;
 pub mod pools;
 pub mod system;
 pub mod tenants;
@@ -92,6 +93,7 @@ fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
+        .route("/openapi.json", get(openapi::document))
         .merge(protected)
 }
 

@@ -6,14 +6,17 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::body::{JsonBody, PathParam};
+use super::openapi::ErrorBody;
 use super::{ApiError, AppState};
 use crate::pool::{PoolView, ScaleOutcome};
 use crate::workload::Workload;
 
+#[utoipa::path(get, path = "/pools", tag = "pools", responses((status = 200, description = "All pools", body = Vec<PoolView>), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Json<Vec<PoolView>> {
     Json(state.manager.pool_views().await)
 }
 
+#[utoipa::path(get, path = "/pools/{id}", tag = "pools", params(("id" = String, Path, description = "Pool (workload) id")), responses((status = 200, description = "One pool", body = PoolView), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     PathParam(id): PathParam,
@@ -22,12 +25,13 @@ pub async fn get(
     Ok(Json(pool.snapshot().await?.pool))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScaleBody {
     pub target_size: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/pools/{id}/scale", tag = "pools", params(("id" = String, Path, description = "Pool (workload) id")), request_body(content = ScaleBody, content_type = "application/json"), responses((status = 200, description = "Scaling", body = ScaleOutcome), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody)))]
 pub async fn scale(
     State(state): State<AppState>,
     PathParam(id): PathParam,
@@ -40,6 +44,7 @@ pub async fn scale(
     Ok(Json(state.manager.scale(pool, target).await?))
 }
 
+#[utoipa::path(get, path = "/workloads", tag = "workloads", responses((status = 200, description = "Parsed workload specs, credentials redacted", body = Vec<Object>), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn workloads(State(state): State<AppState>) -> Json<Vec<Workload>> {
     Json(
         state
@@ -50,6 +55,7 @@ pub async fn workloads(State(state): State<AppState>) -> Json<Vec<Workload>> {
     )
 }
 
+#[utoipa::path(get, path = "/workloads/{id}", tag = "workloads", params(("id" = String, Path, description = "Pool (workload) id")), responses((status = 200, description = "One workload spec", body = Object), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn workload(
     State(state): State<AppState>,
     PathParam(id): PathParam,

@@ -8,14 +8,20 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::QueryParams;
+use super::openapi::{Activity, ErrorBody, Health};
 use super::AppState;
 use crate::activity::CAPACITY;
 
-pub async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "timestamp": chrono::Utc::now()}))
+#[utoipa::path(get, path = "/health", tag = "system", security(()), responses((status = 200, description = "Alive", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        timestamp: chrono::Utc::now(),
+    })
 }
 
 /// 200 only when Docker answers and every pool has reached its minimum.
+#[utoipa::path(get, path = "/ready", tag = "system", security(()), responses((status = 200, description = "Ready", body = Health), (status = 503, description = "Not ready", body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let not_ready = |reason: String| {
         (
@@ -43,9 +49,14 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     if !cold.is_empty() {
         return not_ready(format!("pools still warming up: {}", cold.join(", ")));
     }
-    Json(json!({"status": "ready", "timestamp": chrono::Utc::now()})).into_response()
+    Json(Health {
+        status: "ready".into(),
+        timestamp: chrono::Utc::now(),
+    })
+    .into_response()
 }
 
+#[utoipa::path(get, path = "/stats", tag = "system", responses((status = 200, description = "Totals", body = Object), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
     let pools = state.manager.pool_views().await;
     let sum = |f: fn(&crate::pool::PoolView) -> usize| pools.iter().map(f).sum::<usize>();
@@ -71,15 +82,19 @@ pub struct ActivityQuery {
     pub limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/activity", tag = "system", params(("limit" = Option<usize>, Query, description = "At most this many events (default 100, max 1000)")), responses((status = 200, description = "Newest events first", body = Activity), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn activity(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ActivityQuery>,
-) -> Json<serde_json::Value> {
+) -> Json<Activity> {
     let limit = q.limit.unwrap_or(100).min(CAPACITY);
-    Json(json!({"events": state.manager.activity().recent(limit)}))
+    Json(Activity {
+        events: state.manager.activity().recent(limit),
+    })
 }
 
 /// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = &state.metrics else {
         return super::ApiError::Internal("metrics recorder unavailable".into()).into_response();
@@ -97,6 +112,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Server-sent events: every activity event as it happens (`event:` = its type,
 /// `data:` = its JSON). A follower that falls behind is told how many it missed.
+#[utoipa::path(get, path = "/events", tag = "system", responses((status = 200, description = "Server-sent events: one per activity event", body = String, content_type = "text/event-stream"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
 ) -> axum::response::sse::Sse<

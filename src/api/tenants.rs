@@ -6,9 +6,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::body::{JsonBody, PathParam};
+use super::openapi::{ErrorBody, ReleaseResponse, Released, TenantClaims, TenantStatus};
 use super::{ApiError, AppState};
 use crate::fsutil::validate_secret_name;
 use crate::pool::{endpoints, ClaimRequest, ClaimView, Endpoints, PoolError};
@@ -37,18 +38,24 @@ fn pool_err<'a>(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+const MAX_WAIT_MS: u64 = 86_400_000;
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimBody {
     #[serde(alias = "workload")]
     pub pool_id: Option<String>,
     pub secrets: Option<BTreeMap<String, String>>,
-    pub metadata: Option<Value>,
-    /// How long to queue when the pool is at capacity; 0 = fail fast.
+    /// Free-form object stored with the claim.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, Value>>,
+    /// How long to queue when the pool is at capacity, in ms; 0 = fail fast.
+    /// Capped by BOILERHOUSE_CLAIM_TIMEOUT_MS.
+    #[schema(maximum = 86_400_000)]
     pub wait_ms: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimResponse {
     pub tenant_id: String,
@@ -58,9 +65,11 @@ pub struct ClaimResponse {
     pub endpoints: Endpoints,
     pub claimed_at: chrono::DateTime<chrono::Utc>,
     pub reused: bool,
+    #[schema(value_type = Option<Object>)]
     pub sync_status: Option<SyncStatus>,
 }
 
+#[utoipa::path(post, path = "/tenants/{id}/claim", tag = "tenants", params(("id" = String, Path, description = "Tenant id: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")), request_body(content = Option<ClaimBody>, content_type = "application/json"), responses((status = 200, description = "The tenant's container", body = ClaimResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 502, description = "State sync failed", body = ErrorBody), (status = 503, description = "No container available", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
 pub async fn claim(
     State(state): State<AppState>,
     PathParam(id): PathParam,
@@ -73,6 +82,11 @@ pub async fn claim(
             validate_secret_name(name).map_err(ApiError::BadRequest)?;
         }
     }
+    if body.wait_ms.is_some_and(|w| w > MAX_WAIT_MS) {
+        return Err(ApiError::BadRequest(format!(
+            "waitMs must be at most {MAX_WAIT_MS} (one day)"
+        )));
+    }
     let claim_timeout = state.manager.config().claim_timeout();
     let queue_wait = body
         .wait_ms
@@ -82,7 +96,7 @@ pub async fn claim(
     let request = ClaimRequest {
         tenant: tenant.clone(),
         queue_wait,
-        metadata: body.metadata,
+        metadata: body.metadata.map(Value::Object),
     };
     let started = std::time::Instant::now();
     let result = state.manager.claim(pool, request, body.secrets).await;
@@ -108,7 +122,7 @@ pub async fn claim(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReleaseBody {
     #[serde(alias = "workload")]
@@ -130,11 +144,12 @@ impl Default for ReleaseBody {
     }
 }
 
+#[utoipa::path(post, path = "/tenants/{id}/release", tag = "tenants", params(("id" = String, Path, description = "Tenant id: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")), request_body(content = Option<ReleaseBody>, content_type = "application/json"), responses((status = 200, description = "Released", body = ReleaseResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 502, description = "State sync failed", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
 pub async fn release(
     State(state): State<AppState>,
     PathParam(id): PathParam,
     JsonBody(body): JsonBody<ReleaseBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReleaseResponse>, ApiError> {
     let tenant = tenant_id(&id)?;
     let pool = match body.pool_id.as_deref() {
         Some(p) => Some(state.resolve_pool(Some(p))?),
@@ -154,57 +169,73 @@ pub async fn release(
         }
     }
     let released = result.map_err(pool_err(&tenant, body.pool_id.as_deref()))?;
-    let released: Vec<Value> = released
-        .into_iter()
-        .map(|(pool, info)| json!({"poolId": pool, "containerId": info.id}))
-        .collect();
-    Ok(Json(json!({"success": true, "released": released})))
+    Ok(Json(ReleaseResponse {
+        success: true,
+        released: released
+            .into_iter()
+            .map(|(pool_id, info)| Released {
+                pool_id,
+                container_id: info.id,
+            })
+            .collect(),
+    }))
 }
 
+#[utoipa::path(get, path = "/tenants/{id}/status", tag = "tenants", params(("id" = String, Path, description = "Tenant id: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")), responses((status = 200, description = "Tenant status (cold when unknown)", body = TenantStatus), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
     PathParam(id): PathParam,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantStatus>, ApiError> {
     let tenant = tenant_id(&id)?;
     let claims = state.manager.tenant_claims(&tenant).await;
-    let Some(first) = claims.first() else {
-        return Ok(Json(json!({
-            "tenantId": tenant,
-            "status": "cold",
-            "claims": [],
-            "syncStatus": null,
-        })));
+    let Some(first) = claims.first().cloned() else {
+        return Ok(Json(TenantStatus {
+            tenant_id: tenant.to_string(),
+            status: "cold".into(),
+            pool_id: None,
+            container_id: None,
+            claimed_at: None,
+            last_activity: None,
+            health: None,
+            sync_status: None,
+            claims: Vec::new(),
+        }));
     };
-    Ok(Json(json!({
-        "tenantId": tenant,
-        "status": first.status,
-        "poolId": first.pool_id,
-        "containerId": first.container_id,
-        "claimedAt": first.claimed_at,
-        "lastActivity": first.last_activity,
-        "health": first.health,
-        "syncStatus": first.sync_status,
-        "claims": claims,
-    })))
+    Ok(Json(TenantStatus {
+        tenant_id: tenant.to_string(),
+        status: first.status.into(),
+        pool_id: Some(first.pool_id),
+        container_id: Some(first.container_id),
+        claimed_at: Some(first.claimed_at),
+        last_activity: Some(first.last_activity),
+        health: Some(first.health),
+        sync_status: first.sync_status,
+        claims,
+    }))
 }
 
+#[utoipa::path(get, path = "/tenants", tag = "tenants", responses((status = 200, description = "All claims", body = Vec<ClaimView>), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Json<Vec<ClaimView>> {
     Json(state.manager.claims().await)
 }
 
+#[utoipa::path(get, path = "/tenants/{id}", tag = "tenants", params(("id" = String, Path, description = "Tenant id: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")), responses((status = 200, description = "The tenant's claims", body = TenantClaims), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     PathParam(id): PathParam,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantClaims>, ApiError> {
     let tenant = tenant_id(&id)?;
     let claims = state.manager.tenant_claims(&tenant).await;
     if claims.is_empty() {
         return Err(not_found(&tenant, None));
     }
-    Ok(Json(json!({"tenantId": tenant, "claims": claims})))
+    Ok(Json(TenantClaims {
+        tenant_id: tenant.to_string(),
+        claims,
+    }))
 }
 
-#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Upload,
@@ -213,7 +244,7 @@ pub enum Direction {
     Both,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyncBody {
     #[serde(alias = "workload")]
@@ -222,12 +253,14 @@ pub struct SyncBody {
     pub direction: Direction,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SyncResponse {
     pub success: bool,
+    #[schema(value_type = Vec<Object>)]
     pub results: Vec<TransferResult>,
 }
 
+#[utoipa::path(post, path = "/tenants/{id}/sync", tag = "tenants", params(("id" = String, Path, description = "Tenant id: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")), request_body(content = Option<SyncBody>, content_type = "application/json"), responses((status = 200, description = "Transfers run", body = SyncResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 502, description = "State sync failed", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
 pub async fn sync(
     State(state): State<AppState>,
     PathParam(id): PathParam,

@@ -263,6 +263,9 @@ impl Daemon {
         let url = format!("{}{}", self.base, path);
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(m, &url);
+        if let Some((_, token)) = self.env.iter().find(|(k, _)| k == "BOILERHOUSE_API_TOKEN") {
+            req = req.bearer_auth(token);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
