@@ -361,8 +361,15 @@ async fn watch_events(
     pools: BTreeMap<String, PoolHandle>,
 ) {
     let mut delay = Duration::from_millis(200);
+    let mut first = true;
     loop {
         let mut stream = runtime.events(&instance);
+        if !first {
+            // Events may have been missed while the stream was down: anything of ours
+            // that is no longer running is reported as dead.
+            reconcile(runtime.as_ref(), &instance, &pools).await;
+        }
+        first = false;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(event) => {
@@ -379,5 +386,27 @@ async fn watch_events(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn reconcile(runtime: &dyn Runtime, instance: &str, pools: &BTreeMap<String, PoolHandle>) {
+    let Ok(list) = runtime.list_managed(instance).await else {
+        return;
+    };
+    for c in list {
+        if c.state != EngineState::Other {
+            continue;
+        }
+        let (Some(pool), Some(cid)) = (c.label(labels::POOL), c.label(labels::CONTAINER_ID)) else {
+            continue;
+        };
+        if let Some(p) = pools.get(pool) {
+            p.event(crate::runtime::RuntimeEvent {
+                pool: pool.to_owned(),
+                container_id: cid.to_owned(),
+                kind: crate::runtime::EventKind::Died { exit_code: None },
+            })
+            .await;
+        }
     }
 }
