@@ -823,6 +823,8 @@ impl Pool {
         match result {
             Ok(()) => {
                 claim.state = ClaimState::Warm;
+                // Inactivity counts from when the tenant could first use the container.
+                claim.last_activity = Utc::now();
                 let container_id = claim.container_id.clone();
                 for (i, w) in waiters.into_iter().enumerate() {
                     let _ = w.send(self.grant(&tenant, i > 0));

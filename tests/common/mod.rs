@@ -147,6 +147,10 @@ impl DaemonBuilder {
                 "BOILERHOUSE_CONTAINER_MEMORY_MB".to_owned(),
                 "64".to_owned(),
             ),
+            (
+                "BOILERHOUSE_RCLONE_BIN".to_owned(),
+                s3::rclone_bin().display().to_string(),
+            ),
             ("RUST_LOG".to_owned(), "info,boilerhouse=debug".to_owned()),
         ];
         for (k, v) in self.env {

@@ -1,0 +1,719 @@
+//! The sync engine against a real rclone and a real S3 endpoint (`rclone serve s3` on
+//! loopback): no Docker, no daemon. Objects are files under the server's root, so the
+//! tests seed and inspect the bucket directly.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use boilerhouse::sync::{ClaimSync, SyncEngine, SyncError, SyncOp, SyncState};
+use boilerhouse::workload::spec::{SyncDirection, SyncMode, SyncSpec};
+use common::s3::{mapping, rclone_bin, S3Server};
+
+const BUCKET: &str = "state";
+
+fn engine_with(bin: PathBuf, timeout: Duration) -> SyncEngine {
+    SyncEngine::new(bin, 4, timeout)
+}
+
+fn engine() -> SyncEngine {
+    engine_with(rclone_bin(), Duration::from_secs(60))
+}
+
+fn mirror(s3: &S3Server) -> SyncSpec {
+    s3.sync_spec(
+        BUCKET,
+        vec![mapping(
+            "/",
+            SyncDirection::Bidirectional,
+            SyncMode::Sync,
+            None,
+        )],
+    )
+}
+
+/// Every regular file below `dir`, relative path → content.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn write(path: &Path, content: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+fn tenant_remote(s3: &S3Server, tenant: &str) -> PathBuf {
+    s3.object_path(BUCKET, tenant, "")
+}
+
+/// A small shell script standing in for rclone: `body` runs first, then the real one.
+fn wrapper(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("rclone-wrapper");
+    let script = format!(
+        "#!/bin/sh\n{body}\nexec '{}' \"$@\"\n",
+        rclone_bin().display()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn download_restores_seeded_objects() {
+    let s3 = S3Server::start_new().await;
+    let spec = mirror(&s3);
+    s3.seed(BUCKET, "alice", "notes.txt", b"hello");
+    s3.seed(BUCKET, "alice", "deep/nested/dir/data.bin", &[7u8; 3000]);
+    let state = tempfile::tempdir().unwrap();
+
+    let results = engine()
+        .run(&spec, "alice", state.path(), SyncOp::Download, None)
+        .await
+        .expect("download");
+    assert_eq!(results.len(), 1);
+    let r = &results[0];
+    assert!(r.success && r.direction == SyncOp::Download && r.path == "/");
+    assert_eq!(
+        (r.files_transferred, r.bytes_transferred),
+        (2, 3005),
+        "{r:?}"
+    );
+    let files = tree(state.path());
+    assert_eq!(files["notes.txt"], b"hello");
+    assert_eq!(files["deep/nested/dir/data.bin"], vec![7u8; 3000]);
+    assert_eq!(files.len(), 2);
+}
+
+#[tokio::test]
+async fn a_tenant_without_remote_data_downloads_nothing_and_keeps_local_files() {
+    let s3 = S3Server::start_new().await;
+    let spec = mirror(&s3);
+    s3.seed(BUCKET, "someone-else", "x", b"x");
+
+    // Empty state dir, missing state dir, and a non-empty one in mirror mode (where a
+    // naive `rclone sync` from the empty prefix would wipe the directory).
+    let empty = tempfile::tempdir().unwrap();
+    let missing = empty.path().join("not-yet");
+    let full = tempfile::tempdir().unwrap();
+    write(&full.path().join("keep.txt"), b"mine");
+    write(&full.path().join("dir/keep2"), b"mine too");
+    for dir in [empty.path(), &missing, full.path()] {
+        let results = engine()
+            .run(&spec, "newcomer", dir, SyncOp::Download, None)
+            .await
+            .expect("a tenant with no remote data is fine");
+        assert!(results[0].success, "{results:?}");
+        assert_eq!(results[0].files_transferred, 0);
+    }
+    assert_eq!(tree(full.path()).len(), 2, "nothing deleted locally");
+    assert_eq!(tree(empty.path()).len(), 0);
+
+    // Same for a bucket that does not exist at all.
+    let mut no_bucket = mirror(&s3);
+    no_bucket.sink.bucket = "never-created".into();
+    let results = engine()
+        .run(&no_bucket, "newcomer", full.path(), SyncOp::Download, None)
+        .await
+        .expect("a missing bucket is no remote data");
+    assert!(results[0].success && results[0].files_transferred == 0);
+    assert_eq!(tree(full.path()).len(), 2, "nothing deleted locally");
+}
+
+#[tokio::test]
+async fn upload_then_download_round_trips_every_file() {
+    let s3 = S3Server::start_new().await;
+    let spec = mirror(&s3);
+    let src = tempfile::tempdir().unwrap();
+    let mut expected = BTreeMap::new();
+    for i in 0..60u32 {
+        let rel = format!("d{}/s{}/file {i}.bin", i % 4, i % 3);
+        let content: Vec<u8> = (0..(i * 37)).map(|b| (b * 31 + i) as u8).collect();
+        write(&src.path().join(&rel), &content);
+        expected.insert(rel, content);
+    }
+    for (rel, content) in [
+        ("top.txt", b"top".to_vec()),
+        ("empty", Vec::new()),
+        ("ünïcode/名前.txt", "ünï".as_bytes().to_vec()),
+    ] {
+        write(&src.path().join(rel), &content);
+        expected.insert(rel.to_owned(), content);
+    }
+
+    let up = engine()
+        .run(&spec, "rt", src.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload");
+    assert!(up[0].success && up[0].direction == SyncOp::Upload);
+    assert_eq!(up[0].files_transferred, expected.len() as u64);
+    let total: usize = expected.values().map(Vec::len).sum();
+    assert_eq!(up[0].bytes_transferred, total as u64);
+    assert_eq!(tree(&tenant_remote(&s3, "rt")), expected, "objects = files");
+
+    let dst = tempfile::tempdir().unwrap();
+    let down = engine()
+        .run(&spec, "rt", dst.path(), SyncOp::Download, None)
+        .await
+        .expect("download");
+    assert_eq!(down[0].files_transferred, expected.len() as u64);
+    assert_eq!(tree(dst.path()), expected);
+
+    // Nothing changed: a second upload moves nothing.
+    let again = engine()
+        .run(&spec, "rt", src.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload again");
+    assert_eq!(again[0].files_transferred, 0, "{again:?}");
+}
+
+#[tokio::test]
+async fn sync_mode_mirrors_deletions_and_copy_mode_never_deletes() {
+    let s3 = S3Server::start_new().await;
+    let spec = s3.sync_spec(
+        BUCKET,
+        vec![
+            mapping("mirror", SyncDirection::Bidirectional, SyncMode::Sync, None),
+            mapping("keep", SyncDirection::Bidirectional, SyncMode::Copy, None),
+        ],
+    );
+    let state = tempfile::tempdir().unwrap();
+    for rel in ["mirror/a", "mirror/b", "keep/a", "keep/b"] {
+        write(&state.path().join(rel), rel.as_bytes());
+    }
+    engine()
+        .run(&spec, "t", state.path(), SyncOp::Upload, None)
+        .await
+        .expect("first upload");
+    std::fs::remove_file(state.path().join("mirror/b")).unwrap();
+    std::fs::remove_file(state.path().join("keep/b")).unwrap();
+    let results = engine()
+        .run(&spec, "t", state.path(), SyncOp::Upload, None)
+        .await
+        .expect("second upload");
+    assert_eq!(results.len(), 2);
+    let remote: Vec<String> = tree(&tenant_remote(&s3, "t")).into_keys().collect();
+    assert_eq!(
+        remote,
+        ["keep/a", "keep/b", "mirror/a"],
+        "sync deletes, copy does not"
+    );
+
+    // Downloads: sync mode removes local extras, copy mode keeps them.
+    write(&state.path().join("mirror/local-only"), b"x");
+    write(&state.path().join("keep/local-only"), b"x");
+    engine()
+        .run(&spec, "t", state.path(), SyncOp::Download, None)
+        .await
+        .expect("download");
+    let local: Vec<String> = tree(state.path()).into_keys().collect();
+    assert_eq!(local, ["keep/a", "keep/b", "keep/local-only", "mirror/a"]);
+}
+
+#[tokio::test]
+async fn directions_select_mappings() {
+    let s3 = S3Server::start_new().await;
+    let spec = s3.sync_spec(
+        BUCKET,
+        vec![
+            mapping("up", SyncDirection::Upload, SyncMode::Sync, None),
+            mapping("down", SyncDirection::Download, SyncMode::Sync, None),
+        ],
+    );
+    s3.seed(BUCKET, "t", "up/remote-up", b"1");
+    s3.seed(BUCKET, "t", "down/remote-down", b"2");
+    let state = tempfile::tempdir().unwrap();
+    write(&state.path().join("up/local-up"), b"3");
+    write(&state.path().join("down/local-down"), b"4");
+
+    let down = engine()
+        .run(&spec, "t", state.path(), SyncOp::Download, None)
+        .await
+        .expect("download");
+    assert_eq!(
+        down.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["down"]
+    );
+    let up = engine()
+        .run(&spec, "t", state.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload");
+    assert_eq!(
+        up.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["up"]
+    );
+
+    let local: Vec<String> = tree(state.path()).into_keys().collect();
+    assert_eq!(
+        local,
+        ["down/remote-down", "up/local-up"],
+        "upload-only is never downloaded; download mirrors"
+    );
+    let remote: Vec<String> = tree(&tenant_remote(&s3, "t")).into_keys().collect();
+    assert_eq!(
+        remote,
+        ["down/remote-down", "up/local-up"],
+        "download-only is never uploaded; upload mirrors"
+    );
+}
+
+#[tokio::test]
+async fn patterns_filter_what_moves() {
+    let s3 = S3Server::start_new().await;
+    let spec = s3.sync_spec(
+        BUCKET,
+        vec![mapping(
+            "logs",
+            SyncDirection::Bidirectional,
+            SyncMode::Sync,
+            Some("*.log"),
+        )],
+    );
+    let state = tempfile::tempdir().unwrap();
+    for rel in ["logs/app.log", "logs/old/deep.log", "logs/skip.txt"] {
+        write(&state.path().join(rel), b"x");
+    }
+    let up = engine()
+        .run(&spec, "t", state.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload");
+    assert_eq!(up[0].files_transferred, 2);
+    let remote: Vec<String> = tree(&tenant_remote(&s3, "t")).into_keys().collect();
+    assert_eq!(remote, ["logs/app.log", "logs/old/deep.log"]);
+
+    // A remote object that does not match is neither downloaded nor a reason to keep
+    // non-matching local files from the mirror: they are outside the filter.
+    s3.seed(BUCKET, "t", "logs/remote.txt", b"y");
+    std::fs::remove_file(tenant_remote(&s3, "t").join("logs/app.log")).unwrap();
+    engine()
+        .run(&spec, "t", state.path(), SyncOp::Download, None)
+        .await
+        .expect("download");
+    let local: Vec<String> = tree(state.path()).into_keys().collect();
+    assert_eq!(local, ["logs/old/deep.log", "logs/skip.txt"]);
+}
+
+#[tokio::test]
+async fn a_missing_local_dir_uploads_nothing_and_deletes_nothing_remote() {
+    let s3 = S3Server::start_new().await;
+    s3.seed(BUCKET, "t", "precious", b"keep me");
+    s3.seed(BUCKET, "t", "sub/precious", b"keep me too");
+    let before = tree(&tenant_remote(&s3, "t"));
+    let base = tempfile::tempdir().unwrap();
+
+    // The whole state dir is gone (mirroring it would wipe the tenant's data).
+    let results = engine()
+        .run(
+            &mirror(&s3),
+            "t",
+            &base.path().join("gone"),
+            SyncOp::Upload,
+            None,
+        )
+        .await
+        .expect("nothing to upload is not an error");
+    assert!(results[0].success && results[0].files_transferred == 0);
+
+    // The state dir exists, the mapping's directory does not.
+    let sub = s3.sync_spec(
+        BUCKET,
+        vec![mapping("sub", SyncDirection::Upload, SyncMode::Sync, None)],
+    );
+    let results = engine()
+        .run(&sub, "t", base.path(), SyncOp::Upload, None)
+        .await
+        .expect("nothing to upload is not an error");
+    assert!(results[0].success && results[0].files_transferred == 0);
+    assert_eq!(tree(&tenant_remote(&s3, "t")), before, "remote untouched");
+}
+
+#[tokio::test]
+async fn a_mapping_through_a_symlink_is_refused() {
+    let s3 = S3Server::start_new().await;
+    let spec = s3.sync_spec(
+        BUCKET,
+        vec![mapping(
+            "data",
+            SyncDirection::Bidirectional,
+            SyncMode::Copy,
+            None,
+        )],
+    );
+    s3.seed(BUCKET, "t", "data/x", b"x");
+    let state = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    write(&elsewhere.path().join("host-file"), b"host");
+    std::os::unix::fs::symlink(elsewhere.path(), state.path().join("data")).unwrap();
+    for op in [SyncOp::Upload, SyncOp::Download] {
+        let err = engine()
+            .run(&spec, "t", state.path(), op, None)
+            .await
+            .expect_err("a symlinked mapping must be refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+    assert_eq!(tree(elsewhere.path()).len(), 1);
+    assert!(!s3.object_path(BUCKET, "t", "data/host-file").exists());
+}
+
+#[tokio::test]
+async fn an_outage_fails_loudly_and_touches_nothing() {
+    let mut s3 = S3Server::start_new().await;
+    let spec = mirror(&s3);
+    let state = tempfile::tempdir().unwrap();
+    write(&state.path().join("a"), b"1");
+    write(&state.path().join("d/b"), b"2");
+    engine()
+        .run(&spec, "t", state.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload while up");
+    write(&state.path().join("c"), b"3");
+    let local_before = tree(state.path());
+    let remote_before = tree(s3.root_dir());
+
+    s3.stop();
+    let started = std::time::Instant::now();
+    for op in [SyncOp::Upload, SyncOp::Download] {
+        let err = engine()
+            .run(&spec, "t", state.path(), op, None)
+            .await
+            .expect_err("the endpoint is down");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("tenant t") && msg.contains(op.as_str()) && msg.contains("rclone"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("connection refused"),
+            "says what failed: {msg}"
+        );
+        assert!(!msg.contains(s3.secret_key()) && !msg.contains(s3.access_key()));
+    }
+    // Both the mirror check (non-empty dir) and a plain download into an empty one.
+    let fresh = tempfile::tempdir().unwrap();
+    let err = engine()
+        .run(&spec, "t", fresh.path(), SyncOp::Download, None)
+        .await;
+    assert!(matches!(err, Err(SyncError::Failed { .. })), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "an unreachable endpoint fails fast, took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(tree(state.path()), local_before, "nothing local touched");
+    assert_eq!(tree(s3.root_dir()), remote_before, "nothing remote touched");
+
+    s3.start().await;
+    let results = engine()
+        .run(&spec, "t", state.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload after the outage");
+    assert_eq!(
+        results[0].files_transferred, 1,
+        "only the new file: {results:?}"
+    );
+    assert_eq!(tree(&tenant_remote(&s3, "t")), local_before);
+}
+
+#[tokio::test]
+async fn credentials_never_reach_the_command_line() {
+    let s3 = S3Server::start_new().await;
+    let spec = mirror(&s3);
+    let scratch = tempfile::tempdir().unwrap();
+    let argv_log = scratch.path().join("argv");
+    let env_log = scratch.path().join("env");
+    // Records rclone's exact argv (it execs with the same "$@") and its environment.
+    let bin = wrapper(
+        scratch.path(),
+        &format!(
+            "for a in \"$@\"; do printf '%s\\n' \"$a\"; done >> '{}'\nenv >> '{}'",
+            argv_log.display(),
+            env_log.display()
+        ),
+    );
+    let engine = engine_with(bin, Duration::from_secs(60));
+    let state = tempfile::tempdir().unwrap();
+    write(&state.path().join("f"), b"data");
+    engine
+        .run(&spec, "t", state.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload");
+    write(&state.path().join("g"), b"local");
+    engine
+        .run(&spec, "t", state.path(), SyncOp::Download, None)
+        .await
+        .expect("download (with the mirror check)");
+
+    let argv = std::fs::read_to_string(&argv_log).unwrap();
+    let env = std::fs::read_to_string(&env_log).unwrap();
+    assert!(argv.contains("lsf") && argv.contains("sync"), "{argv}");
+    for secret in [s3.secret_key(), s3.access_key()] {
+        assert!(
+            !argv.contains(secret),
+            "a credential on the command line: {argv}"
+        );
+        assert!(
+            env.contains(secret),
+            "credentials travel in the environment"
+        );
+    }
+    assert!(!argv.contains(":s3") && !argv.contains("--s3-"), "{argv}");
+    for line in env.lines() {
+        let name = line.split('=').next().unwrap_or_default();
+        if name.starts_with("RCLONE_") {
+            assert!(
+                name == "RCLONE_CONFIG" || name.starts_with("RCLONE_CONFIG_BOILERHOUSE_"),
+                "unexpected rclone setting in its environment: {name}"
+            );
+        }
+        assert!(
+            !name.starts_with("AWS_") && name != "HOME",
+            "{name} passed with keys given"
+        );
+    }
+    assert!(
+        env.lines().any(|l| l == "RCLONE_CONFIG="),
+        "no config file is read"
+    );
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_others_objects() {
+    let s3 = S3Server::start_new().await;
+    let spec = mirror(&s3);
+    s3.seed(BUCKET, "tenant-a", "a-only", b"A");
+    let b_state = tempfile::tempdir().unwrap();
+    write(&b_state.path().join("b-only"), b"B");
+
+    // B's mirror upload and download stay within B's prefix.
+    engine()
+        .run(&spec, "tenant-b", b_state.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload B");
+    engine()
+        .run(&spec, "tenant-b", b_state.path(), SyncOp::Download, None)
+        .await
+        .expect("download B");
+    assert_eq!(
+        tree(b_state.path()).into_keys().collect::<Vec<_>>(),
+        ["b-only"]
+    );
+    assert_eq!(
+        tree(&tenant_remote(&s3, "tenant-a"))
+            .into_keys()
+            .collect::<Vec<_>>(),
+        ["a-only"],
+        "B's mirror never deletes A's objects"
+    );
+
+    let a_state = tempfile::tempdir().unwrap();
+    engine()
+        .run(&spec, "tenant-a", a_state.path(), SyncOp::Download, None)
+        .await
+        .expect("download A");
+    assert_eq!(
+        tree(a_state.path()).into_keys().collect::<Vec<_>>(),
+        ["a-only"]
+    );
+
+    // A tenant id that is a prefix of another does not see the other's objects.
+    s3.seed(BUCKET, "tenant-ab", "ab-only", b"AB");
+    let a2 = tempfile::tempdir().unwrap();
+    engine()
+        .run(&spec, "tenant-a", a2.path(), SyncOp::Download, None)
+        .await
+        .expect("download A again");
+    assert_eq!(tree(a2.path()).into_keys().collect::<Vec<_>>(), ["a-only"]);
+
+    let err = engine()
+        .run(&spec, "../tenant-a", a2.path(), SyncOp::Download, None)
+        .await
+        .expect_err("path traversal in a tenant id");
+    assert!(matches!(err, SyncError::InvalidTenant { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_transfer_over_its_timeout_is_killed_and_says_so() {
+    let s3 = S3Server::start_new().await;
+    let spec = mirror(&s3);
+    for i in 0..1000 {
+        s3.seed(BUCKET, "slow", &format!("d{}/f{i}", i % 10), &[1u8; 1024]);
+    }
+    let state = tempfile::tempdir().unwrap();
+    let engine = engine_with(rclone_bin(), Duration::from_millis(150));
+    let started = std::time::Instant::now();
+    let err = engine
+        .run(&spec, "slow", state.path(), SyncOp::Download, None)
+        .await
+        .expect_err("1000 objects do not download in 150 ms");
+    assert!(matches!(err, SyncError::TimedOut { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("timed out after 150 ms") && msg.contains("tenant slow"),
+        "{msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // rclone is gone: nothing changes in the state dir afterwards.
+    let after_kill = tree(state.path()).len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tree(state.path()).len(), after_kill);
+    assert!(after_kill < 1000);
+}
+
+#[tokio::test]
+async fn claim_sync_runs_one_transfer_at_a_time_and_keeps_totals() {
+    let mut s3 = S3Server::start_new().await;
+    let spec = mirror(&s3);
+    let scratch = tempfile::tempdir().unwrap();
+    let lock = scratch.path().join("running");
+    let overlaps = scratch.path().join("overlaps");
+    // Slow and watchful: notes when two rclone processes of this claim run at once.
+    let script = format!(
+        "#!/bin/sh\nmkdir '{lock}' 2>/dev/null || echo overlap >> '{overlaps}'\nsleep 0.3\n'{bin}' \"$@\"\nrc=$?\nrmdir '{lock}' 2>/dev/null\nexit $rc\n",
+        lock = lock.display(),
+        overlaps = overlaps.display(),
+        bin = rclone_bin().display()
+    );
+    let bin = scratch.path().join("slow-rclone");
+    std::fs::write(&bin, script).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let engine = engine_with(bin, Duration::from_secs(60));
+
+    let state = tempfile::tempdir().unwrap();
+    write(&state.path().join("one"), b"12345");
+    write(&state.path().join("two/three"), b"123");
+    let claim = ClaimSync::new();
+    assert_eq!(claim.status().state, SyncState::Idle);
+
+    let watcher = {
+        let claim = claim.clone();
+        tokio::spawn(async move {
+            let mut saw_syncing = false;
+            for _ in 0..200 {
+                saw_syncing |= claim.status().state == SyncState::Syncing;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            saw_syncing
+        })
+    };
+    let (a, b) = tokio::join!(
+        claim.run(&engine, &spec, "t", state.path(), SyncOp::Upload, None),
+        claim.run(&engine, &spec, "t", state.path(), SyncOp::Upload, None),
+    );
+    let (a, b) = (a.expect("first"), b.expect("second"));
+    assert!(
+        watcher.await.unwrap(),
+        "status shows syncing while a transfer runs"
+    );
+    assert!(!overlaps.exists(), "two transfers of one claim overlapped");
+
+    let moved: u64 = a.iter().chain(&b).map(|r| r.bytes_transferred).sum();
+    let files: u64 = a.iter().chain(&b).map(|r| r.files_transferred).sum();
+    assert_eq!(
+        (moved, files),
+        (8, 2),
+        "one upload moved everything, the other nothing"
+    );
+    let status = claim.status();
+    assert_eq!(status.state, SyncState::Idle);
+    assert_eq!((status.bytes_transferred, status.files_transferred), (8, 2));
+    let first_sync = status.last_sync_at.expect("lastSyncAt");
+    assert!(status.last_error.is_none());
+
+    // A failure shows as `error` with the reason; totals and lastSyncAt stay.
+    s3.stop();
+    let err = claim
+        .run(&engine, &spec, "t", state.path(), SyncOp::Upload, None)
+        .await;
+    assert!(err.is_err());
+    let status = claim.status();
+    assert_eq!(status.state, SyncState::Error);
+    assert!(status
+        .last_error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("tenant t"));
+    assert_eq!(status.last_sync_at, Some(first_sync));
+    assert_eq!(status.bytes_transferred, 8);
+
+    // The next success clears the error.
+    s3.start().await;
+    write(&state.path().join("four"), b"4444");
+    claim
+        .run(&engine, &spec, "t", state.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload after the outage");
+    let status = claim.status();
+    assert_eq!(status.state, SyncState::Idle);
+    assert!(status.last_error.is_none());
+    assert_eq!(
+        (status.bytes_transferred, status.files_transferred),
+        (12, 3)
+    );
+    assert!(status.last_sync_at > Some(first_sync));
+}
+
+/// As root, rclone runs as the workload's user: downloads belong to that user, and a
+/// symlink a tenant planted cannot steer a download into files of the host.
+#[tokio::test]
+async fn downloads_run_as_the_workload_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run rclone as another user");
+        return;
+    }
+    let (uid, gid) = (4242, 4243);
+    let s3 = S3Server::start_new().await;
+    let spec = mirror(&s3);
+    s3.seed(BUCKET, "u", "mine/file", b"restored");
+    s3.seed(BUCKET, "u", "escape/pwned", b"evil");
+
+    let base = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = base.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&state, Some(uid), Some(gid)).unwrap();
+    let host_dir = base.path().join("host-only");
+    std::fs::create_dir(&host_dir).unwrap();
+    std::os::unix::fs::symlink(&host_dir, state.join("escape")).unwrap();
+
+    let err = engine()
+        .run(&spec, "u", &state, SyncOp::Download, Some((uid, gid)))
+        .await
+        .expect_err("writing through the tenant's symlink is refused");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    assert!(
+        std::fs::read_dir(&host_dir).unwrap().next().is_none(),
+        "nothing written outside the state dir"
+    );
+
+    std::fs::remove_file(state.join("escape")).unwrap();
+    engine()
+        .run(&spec, "u", &state, SyncOp::Download, Some((uid, gid)))
+        .await
+        .expect("download as the workload user");
+    use std::os::unix::fs::MetadataExt;
+    for rel in ["mine", "mine/file", "escape/pwned"] {
+        let meta = std::fs::symlink_metadata(state.join(rel)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{rel}");
+    }
+}
