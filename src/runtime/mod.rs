@@ -5,6 +5,7 @@
 //! in-memory engine while the integration tests drive the real Docker one.
 
 pub mod docker;
+pub mod memory;
 pub mod spec;
 
 use std::collections::HashMap;

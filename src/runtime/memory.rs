@@ -1,0 +1,121 @@
+//! An in-memory [`Runtime`] for unit tests of pool logic: containers are entries in
+//! a map, creation takes a configurable delay, and failures can be injected.
+//! It never replaces the integration tests against the real engine.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::{self, BoxStream, StreamExt};
+
+use super::{
+    labels, ContainerSpec, EngineHealth, EngineState, ManagedContainer, Runtime, RuntimeError,
+    RuntimeEvent,
+};
+
+#[derive(Default)]
+pub struct MemoryRuntime {
+    containers: Mutex<HashMap<String, ManagedContainer>>,
+    next: AtomicUsize,
+    /// Creation fails while set.
+    pub fail_create: AtomicBool,
+    /// Calls made, by operation, so tests can assert e.g. no call on a warm claim.
+    calls: Mutex<HashMap<&'static str, usize>>,
+    pub create_delay: Mutex<Duration>,
+}
+
+impl MemoryRuntime {
+    fn count(&self, op: &'static str) {
+        *self.calls.lock().unwrap().entry(op).or_default() += 1;
+    }
+
+    pub fn calls(&self, op: &str) -> usize {
+        self.calls.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+
+    pub fn total_calls(&self) -> usize {
+        self.calls.lock().unwrap().values().sum()
+    }
+
+    pub fn running(&self) -> usize {
+        self.containers.lock().unwrap().len()
+    }
+}
+
+#[async_trait]
+impl Runtime for MemoryRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn ensure_image(&self, _image: &str) -> Result<(), RuntimeError> {
+        self.count("ensure_image");
+        Ok(())
+    }
+
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.count("create");
+        let delay = *self.create_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        if self.fail_create.load(Ordering::SeqCst) {
+            return Err(RuntimeError::Container {
+                name: spec.name.clone(),
+                message: "injected failure".into(),
+            });
+        }
+        let id = format!("mem{}", self.next.fetch_add(1, Ordering::SeqCst));
+        self.containers.lock().unwrap().insert(
+            id.clone(),
+            ManagedContainer {
+                docker_id: id.clone(),
+                labels: spec.labels.clone(),
+                state: EngineState::Running,
+                health: EngineHealth::None,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn wait_ready(&self, _: &str, _: &str, _: Duration) -> Result<(), RuntimeError> {
+        self.count("wait_ready");
+        Ok(())
+    }
+
+    async fn pause(&self, _: &str) -> Result<(), RuntimeError> {
+        self.count("pause");
+        Ok(())
+    }
+
+    async fn unpause(&self, _: &str) -> Result<(), RuntimeError> {
+        self.count("unpause");
+        Ok(())
+    }
+
+    async fn restart(&self, _: &str) -> Result<(), RuntimeError> {
+        self.count("restart");
+        Ok(())
+    }
+
+    async fn remove(&self, docker_id: &str) -> Result<(), RuntimeError> {
+        self.count("remove");
+        self.containers.lock().unwrap().remove(docker_id);
+        Ok(())
+    }
+
+    async fn list_managed(&self, instance: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        Ok(self
+            .containers
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| c.label(labels::INSTANCE) == Some(instance))
+            .cloned()
+            .collect())
+    }
+
+    fn events(&self, _instance: &str) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
+        stream::pending().boxed()
+    }
+}
