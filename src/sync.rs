@@ -30,10 +30,11 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex as StdMutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
@@ -77,11 +78,14 @@ const BASE_FLAGS: &[&str] = &[
     "16",
     // rclone's defaults (10 low-level retries, each also the S3 SDK's attempt count
     // with its own backoff, × 3 whole-run retries) take more than ten minutes to give
-    // up on an unreachable endpoint, while a claim waits. Measured against a closed
-    // port: 2 low-level retries ≈ 3-8 s, 3 ≈ 15 s, 1 ≈ 0.1-3.5 s. Whole-run retries
-    // are cheap (only what failed is redone), so transient errors are retried there.
+    // up on an unreachable endpoint, while a claim or a release waits. rclone's pacer
+    // doubles its sleep after every failed call of the process, so each extra attempt
+    // costs more. Measured against a closed port (upload): these ≈ 0.7 s; a third
+    // whole-run retry ≈ 6.6 s; 2 low-level retries ≈ 5-8 s; 3 ≈ 15 s. A transient
+    // error on one file is still retried by the second run, which redoes only what
+    // failed; the callers retry whole syncs with backoff.
     "--retries",
-    "3",
+    "2",
     "--low-level-retries",
     "1",
     "--contimeout",
@@ -718,8 +722,12 @@ fn local_path(state_dir: &Path, rel: &str) -> PathBuf {
     }
 }
 
-/// `boilerhouse:<bucket>/<prefix with ${tenantId} replaced>/<mapping path>`, without
+/// `boilerhouse:<bucket>/<prefix with ${tenantId} replaced>/<mapping path>/`, without
 /// empty segments (so no double slashes, which S3 would keep as part of the key).
+///
+/// The trailing slash tells rclone the path is a directory. Without it rclone first
+/// HEADs the path to see whether it is a file, and when the endpoint is unreachable
+/// 1.75 reports the misleading "is a file not a directory" instead of the real error.
 fn remote_path(sink: &SinkSpec, tenant: &str, rel: &str) -> String {
     let prefix = sink.prefix.replace("${tenantId}", tenant);
     let key = [sink.bucket.as_str(), prefix.as_str(), rel]
@@ -728,7 +736,7 @@ fn remote_path(sink: &SinkSpec, tenant: &str, rel: &str) -> String {
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join("/");
-    format!("{REMOTE}:{key}")
+    format!("{REMOTE}:{key}/")
 }
 
 /// rclone's whole environment. `inherited` is the daemon's environment; only a few
@@ -843,12 +851,12 @@ fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-/// The last two error lines, which for rclone are the most telling.
+/// rclone's last error line: its closing "Failed to <verb>: …" sums up the others.
 fn summarize(errors: &[String]) -> String {
-    match errors.len() {
-        0 => "no error message (see the daemon's debug log)".into(),
-        n => errors[n.saturating_sub(2)..].join(" | "),
-    }
+    errors
+        .last()
+        .cloned()
+        .unwrap_or_else(|| "no error message (see the daemon's debug log)".into())
 }
 
 /// The parts of rclone's stats object that are used.
@@ -912,7 +920,7 @@ impl RcloneLog {
     }
 
     fn error(&mut self, msg: &str, secrets: &[String]) {
-        let msg = shorten(&scrub(msg, secrets), MAX_ERROR_CHARS);
+        let msg = shorten(&strip_request_ids(&scrub(msg, secrets)), MAX_ERROR_CHARS);
         if self.errors.contains(&msg) {
             return;
         }
@@ -921,6 +929,14 @@ impl RcloneLog {
         }
         self.errors.push(msg);
     }
+}
+
+/// The AWS SDK puts `RequestID: …, HostID: <long base64>, ` in every error; useless to
+/// a person reading why a sync failed, and it pushes the cause out of the message.
+fn strip_request_ids(text: &str) -> String {
+    static IDS: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"RequestID: [^,]*, HostID: [^,]*, ").expect("valid regex"));
+    IDS.replace_all(text, "").into_owned()
 }
 
 fn scrub(text: &str, secrets: &[String]) -> String {
@@ -1050,17 +1066,17 @@ mod tests {
         let mut s = sink(true, None);
         assert_eq!(
             remote_path(&s, "alice", ""),
-            "boilerhouse:state-bucket/tenants/alice"
+            "boilerhouse:state-bucket/tenants/alice/"
         );
         assert_eq!(
             remote_path(&s, "alice", "data/db"),
-            "boilerhouse:state-bucket/tenants/alice/data/db"
+            "boilerhouse:state-bucket/tenants/alice/data/db/"
         );
         s.prefix = "/x//${tenantId}//".into();
         s.bucket = "b/".into();
-        assert_eq!(remote_path(&s, "bob", "d"), "boilerhouse:b/x/bob/d");
+        assert_eq!(remote_path(&s, "bob", "d"), "boilerhouse:b/x/bob/d/");
         s.prefix = "${tenantId}".into();
-        assert_eq!(remote_path(&s, "a.b-c_d", ""), "boilerhouse:b/a.b-c_d");
+        assert_eq!(remote_path(&s, "a.b-c_d", ""), "boilerhouse:b/a.b-c_d/");
     }
 
     #[test]
@@ -1152,7 +1168,7 @@ mod tests {
             [
                 "sync",
                 "/state/c1",
-                "boilerhouse:state-bucket/tenants/alice"
+                "boilerhouse:state-bucket/tenants/alice/"
             ]
         );
         let include = argv.iter().position(|a| a == "--include").unwrap();
@@ -1269,6 +1285,17 @@ mod tests {
         assert!(inspect_local(&state, "link/state")
             .unwrap_err()
             .contains("symbolic link"));
+    }
+
+    #[test]
+    fn sdk_request_ids_are_dropped_from_errors() {
+        let line = r#"{"level":"error","msg":"Failed to copy: operation error S3: PutObject, https response error StatusCode: 500, RequestID: AF0D3481, HostID: QUYwRDM0ODE1OUY3QTMyQg==, api error InternalError: Internal Error"}"#;
+        let mut log = RcloneLog::default();
+        log.push(line, &[]);
+        assert_eq!(
+            log.errors,
+            ["Failed to copy: operation error S3: PutObject, https response error StatusCode: 500, api error InternalError: Internal Error"]
+        );
     }
 
     #[test]

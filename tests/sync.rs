@@ -278,7 +278,12 @@ async fn inactivity_release_retries_until_the_upload_succeeds() {
     s3.stop();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (_, st) = d.get("/tenants/sleepy/status").await;
-    assert_eq!(st["status"], "warm", "no release without an upload: {st}");
+    // Between retries the claim is warm; during one it is releasing. Never cold.
+    assert!(
+        st["status"] == "warm" || st["status"] == "releasing",
+        "no release without an upload: {st}"
+    );
+    assert_eq!(st["containerId"], v["containerId"]);
     assert!(st["syncStatus"]["lastError"].is_string(), "{st}");
     s3.start().await;
     let started = std::time::Instant::now();

@@ -131,11 +131,13 @@ async fn a_tenant_without_remote_data_downloads_nothing_and_keeps_local_files() 
     // Same for a bucket that does not exist at all.
     let mut no_bucket = mirror(&s3);
     no_bucket.sink.bucket = "never-created".into();
-    let results = engine()
-        .run(&no_bucket, "newcomer", full.path(), SyncOp::Download, None)
-        .await
-        .expect("a missing bucket is no remote data");
-    assert!(results[0].success && results[0].files_transferred == 0);
+    for dir in [empty.path(), full.path()] {
+        let results = engine()
+            .run(&no_bucket, "newcomer", dir, SyncOp::Download, None)
+            .await
+            .expect("a missing bucket is no remote data");
+        assert!(results[0].success && results[0].files_transferred == 0);
+    }
     assert_eq!(tree(full.path()).len(), 2, "nothing deleted locally");
 }
 
@@ -387,7 +389,7 @@ async fn an_outage_fails_loudly_and_touches_nothing() {
         .expect("upload while up");
     write(&state.path().join("c"), b"3");
     let local_before = tree(state.path());
-    let remote_before = tree(s3.root_dir());
+    let remote_before = tree(&s3.root_dir());
 
     s3.stop();
     let started = std::time::Instant::now();
@@ -419,7 +421,11 @@ async fn an_outage_fails_loudly_and_touches_nothing() {
         started.elapsed()
     );
     assert_eq!(tree(state.path()), local_before, "nothing local touched");
-    assert_eq!(tree(s3.root_dir()), remote_before, "nothing remote touched");
+    assert_eq!(
+        tree(&s3.root_dir()),
+        remote_before,
+        "nothing remote touched"
+    );
 
     s3.start().await;
     let results = engine()

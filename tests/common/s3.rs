@@ -85,8 +85,9 @@ impl S3Server {
         let child = Command::new(&self.rclone)
             .args(["serve", "s3", "--addr"])
             .arg(format!("127.0.0.1:{}", self.port))
-            // Objects seeded as files must show up at once.
-            .args(["--dir-cache-time", "0s"])
+            // Objects seeded as files must show up at once. (Not `0s`: with it, rclone
+            // 1.75's server hangs on concurrent uploads into new directories.)
+            .args(["--dir-cache-time", "1ms"])
             .arg(&self.root)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -125,8 +126,8 @@ impl S3Server {
     }
 
     /// The served directory: `<root>/<bucket>/<key>`.
-    pub fn root_dir(&self) -> &Path {
-        &self.root
+    pub fn root_dir(&self) -> PathBuf {
+        self.root.clone()
     }
 
     pub fn rclone_bin(&self) -> &Path {
