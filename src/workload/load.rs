@@ -891,6 +891,17 @@ impl Loader<'_> {
             "sink",
             "missing `sink`: where tenant state is stored (type, bucket, ...)",
         );
+        let mirrors_unrestored = mappings
+            .iter()
+            .any(|m| m.mode == SyncMode::Sync && m.direction == SyncDirection::Bidirectional);
+        if policy.on_release && !policy.on_claim && mirrors_unrestored {
+            tracing::warn!(
+                file = %self.file.display(),
+                "sync.policy.on_claim is false but a bidirectional `mode: sync` mapping uploads on release: \
+                 a tenant's remote state is replaced by whatever the container holds, which starts empty \
+                 unless the tenant downloads it with a manual sync first"
+            );
+        }
         Some(SyncSpec {
             sink: sink?,
             mappings,
