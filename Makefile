@@ -14,10 +14,17 @@ run:
 
 provision:
 	scripts/provision-test-deps.sh
+	scripts/provision-proxy.sh
 
 # Integration tests run with bounded parallelism: they share one Docker engine on 2 cores.
+# (Benchmarks are compiled by `make lint`; `make bench` runs them.)
 test: provision
-	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=3
+	$(CARGO) test --lib --bins --tests --no-fail-fast -- --test-threads=3
+
+# Builds the runtime image on a debootstrapped base (no registry needed) and claims
+# a container through it.
+image-test: provision
+	scripts/image-test.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -26,6 +33,7 @@ lint:
 bench: provision
 	$(CARGO) build --release
 	$(CARGO) bench --bench claim_latency
+	$(CARGO) bench --bench sync_restore
 
 # Removes containers left by test runs (label boilerhouse.instance=t*); never touches others.
 clean-test-containers:

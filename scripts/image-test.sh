@@ -54,7 +54,7 @@ cleanup() {
     docker run --rm --entrypoint /bin/rm -v "$work:$work" "$image" -rf "$work" >/dev/null 2>&1
     rm -rf "$work"
   fi
-  if [ "$status" -eq 0 ]; then log "passed in $((SECONDS - started)) s"; fi
+  if [ "$status" -eq 0 ]; then log "passed in $((SECONDS - started)) s"; else log "FAILED (exit status $status)"; fi
   exit "$status"
 }
 trap cleanup EXIT
@@ -68,7 +68,8 @@ command -v curl >/dev/null || fail "curl missing"
 docker info >/dev/null || fail "Docker engine unreachable"
 
 # --- test dependencies (rclone, the test image) ---------------------------------
-scripts/provision-test-deps.sh
+# Retried once: its `rclone version | head -n1` can die of SIGPIPE under pipefail.
+scripts/provision-test-deps.sh || scripts/provision-test-deps.sh
 rclone_bin="${BOILERHOUSE_RCLONE_BIN:-$root/.tools/bin/rclone}"
 [ -x "$rclone_bin" ] || fail "rclone not found at $rclone_bin"
 
@@ -99,16 +100,25 @@ fi
 phase "release binary built"
 ctx="$work/context"
 mkdir -p "$ctx/dist"
-cp Dockerfile .dockerignore "$ctx/"
+cp Dockerfile .dockerignore Cargo.toml "$ctx/"
 cp target/release/boilerhouse "$ctx/dist/boilerhouse"
+if command -v strip >/dev/null; then strip --strip-debug "$ctx/dist/boilerhouse"; fi
 cp -L "$rclone_bin" "$ctx/dist/rclone"
-docker build -q --target prebuilt --build-arg "RUNTIME_IMAGE=$base_image" -t "$image" "$ctx" >/dev/null
+previous="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
+docker build --target prebuilt --build-arg "RUNTIME_IMAGE=$base_image" -t "$image" "$ctx" >"$work/build.log" 2>&1 \
+  || { tail -n 40 "$work/build.log" >&2; fail "docker build --target prebuilt failed"; }
+docker run --rm --entrypoint /usr/local/bin/boilerhouse "$image" --help >/dev/null \
+  || fail "the daemon binary does not run in the image"
+# The image this run replaced would stay behind untagged.
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 phase "image $image built"
 
 # Static properties: root (documented), no setuid files, CA bundle, rclone.
 [ "$(docker image inspect -f '{{.Config.User}}' "$image")" = root ] || fail "image user is not root"
 out="$(docker run --rm --entrypoint /bin/sh "$image" -c \
-  'find / -xdev -type f -perm /6000; test -s /etc/ssl/certs/ca-certificates.crt && echo ca-ok; rclone version | head -n1')"
+  'find / -xdev -type f -perm /6000; test -s /etc/ssl/certs/ca-certificates.crt && echo ca-ok; rclone version | sed -n 1p')"
 case "$out" in *ca-ok*rclone*) ;; *) fail "image contents: $out" ;; esac
 if printf '%s\n' "$out" | grep -q '^/'; then fail "setuid/setgid files left: $out"; fi
 
@@ -133,6 +143,7 @@ docker run -d --name "$daemon" \
   -p 127.0.0.1::3000 \
   --read-only --tmpfs /tmp \
   --cap-drop ALL --cap-add CHOWN --cap-add DAC_OVERRIDE --cap-add FOWNER \
+  --cap-add SETUID --cap-add SETGID --cap-add KILL \
   --security-opt no-new-privileges:true \
   --health-interval 2s --health-start-period 2s \
   -v "$socket:/var/run/docker.sock" \
@@ -149,7 +160,7 @@ docker run -d --name "$daemon" \
   -e BOILERHOUSE_CONTAINER_MEMORY_MB=64 \
   -e RUST_LOG=info \
   "$image" >/dev/null
-port="$(docker port "$daemon" 3000/tcp | head -n1)"
+port="$(docker port "$daemon" 3000/tcp | sed -n 1p)"
 port="${port##*:}"
 base="http://127.0.0.1:$port"
 

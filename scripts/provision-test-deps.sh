@@ -22,7 +22,7 @@ if [ ! -x "$tools/bin/rclone" ]; then
     ln -sf "$bin" "$tools/bin/rclone"
   fi
 fi
-"$tools/bin/rclone" version | head -n1 >&2
+"$tools/bin/rclone" version | sed -n 1p >&2
 
 # --- schemathesis (property-based API tests) ---------------------------------
 if [ ! -x "$tools/venv/bin/schemathesis" ]; then

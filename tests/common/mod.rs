@@ -49,9 +49,12 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-/// `docker` CLI, for assertions from outside the daemon.
+/// `docker` CLI, for assertions from outside the daemon. Bounded: an engine call
+/// that hangs fails the test instead of stalling the run.
 pub fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker")
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg("docker")
         .args(args)
         .output()
         .expect("docker CLI missing");
