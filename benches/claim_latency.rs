@@ -205,7 +205,7 @@ async fn run() -> BenchResult<()> {
     let (put1, put32) = ledger_probe(&ledger_dir).await?;
     report.latency(
         "ledger_put_c1",
-        "ledger write (file + fsync + rename + dir fsync), c=1",
+        "ledger write (Ledger::put: group-commit append + fdatasync), c=1",
         &put1,
     );
     report.latency("ledger_put_c32", "ledger write, c=32", &put32);

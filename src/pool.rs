@@ -31,7 +31,7 @@ use crate::tenant::TenantId;
 use crate::workload::{Recycle, SyncSpec, Workload};
 
 /// Containers one pool creates at once.
-const CREATE_CONCURRENCY: usize = 8;
+const CREATE_CONCURRENCY: usize = 24;
 /// How often the actor looks at deadlines, inactivity and refills.
 const TICK: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
