@@ -87,10 +87,11 @@ impl ContainerManager {
             pools.insert(id.clone(), handle);
         }
         let events = tokio::spawn(watch_events(
-            runtime,
+            runtime.clone(),
             config.instance.clone(),
             pools.clone(),
         ));
+        tokio::spawn(sweep_orphans(ctx.clone(), pools.clone()));
         Ok(Self { ctx, pools, events })
     }
 
@@ -407,6 +408,41 @@ async fn reconcile(runtime: &dyn Runtime, instance: &str, pools: &BTreeMap<Strin
                 kind: crate::runtime::EventKind::Died { exit_code: None },
             })
             .await;
+        }
+    }
+}
+
+/// Removes containers of this instance that no pool knows. A daemon killed while
+/// its create requests were in flight can leave the engine to finish one after the
+/// next start's recovery listing; such a container was never claimed, so it goes.
+async fn sweep_orphans(ctx: Arc<PoolContext>, pools: BTreeMap<String, PoolHandle>) {
+    let mut every = tokio::time::interval(Duration::from_secs(15));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Ok(listed) = ctx.runtime.list_managed(&ctx.config.instance).await else {
+            continue;
+        };
+        let mut known = std::collections::HashSet::new();
+        for p in pools.values() {
+            match p.snapshot().await {
+                Ok(s) => known.extend(s.containers.into_iter().map(|c| c.id)),
+                Err(_) => return,
+            }
+        }
+        for c in listed {
+            let Some(cid) = c.label(labels::CONTAINER_ID) else {
+                continue;
+            };
+            if known.contains(cid) {
+                continue;
+            }
+            tracing::warn!(container = %cid, "removing a container no pool knows (left by an earlier run)");
+            let _ = ctx.runtime.remove(&c.docker_id).await;
+            let dirs = ContainerDirs::new(&ctx.config, cid);
+            if fsutil::is_empty(&dirs.state) && fsutil::is_empty(&dirs.secrets) {
+                fsutil::remove_dirs(&dirs);
+            }
         }
     }
 }

@@ -606,3 +606,46 @@ async fn pools_scale_and_containers_can_be_destroyed() {
     assert_eq!(s, 404);
     assert_eq!(v["code"], "pool_not_found");
 }
+
+#[tokio::test]
+async fn containers_no_pool_knows_are_swept() {
+    // What a daemon killed mid-create leaves behind: the engine finishes the create
+    // after the next start has listed its containers.
+    let d = Daemon::builder()
+        .workload(
+            "web.yaml",
+            &workload("web", "pool:\n  min_size: 1\n  max_size: 2\n"),
+        )
+        .start()
+        .await;
+    d.wait_idle("web", 1).await;
+    let name = format!("bh-{}-web-0rphan00", d.instance);
+    let (ok, out) = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        "boilerhouse.managed=true",
+        "--label",
+        &format!("boilerhouse.instance={}", d.instance),
+        "--label",
+        "boilerhouse.pool=web",
+        "--label",
+        "boilerhouse.container-id=web-0rphan00",
+        &test_image(),
+        "sleep",
+        "infinity",
+    ]);
+    assert!(ok, "{out}");
+    eventually(Duration::from_secs(45), "the orphan to be swept", || {
+        (!docker(&["inspect", &name]).0).then_some(())
+    })
+    .await;
+    let (_, list) = d.get("/containers").await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "the pool's own container stays: {list}"
+    );
+}

@@ -364,7 +364,21 @@ impl Drop for Daemon {
             );
         }
         self.kill9();
-        remove_instance_containers(&self.instance);
+        // The engine may still finish a create the daemon sent just before it died:
+        // sweep until the instance has stayed empty for a moment.
+        let mut quiet = 0;
+        for _ in 0..40 {
+            remove_instance_containers(&self.instance);
+            std::thread::sleep(Duration::from_millis(250));
+            if containers_of(&self.instance).is_empty() {
+                quiet += 1;
+                if quiet == 3 {
+                    break;
+                }
+            } else {
+                quiet = 0;
+            }
+        }
     }
 }
 
