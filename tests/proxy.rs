@@ -352,6 +352,9 @@ defaults
     log global
     log-format "req %ST %ts %HM %HU"
     option dontlognull
+    # Log each request when its response starts, so the endless /events stream is
+    # logged while it is open rather than whenever its connection ends.
+    option logasap
     option http-server-close
     timeout http-request 10s
     timeout queue 1m
