@@ -33,7 +33,7 @@
 //!
 //! The daemon logs each transfer's duration (`sync done`, `elapsed_ms`), which splits
 //! a claim or release into rclone's share and the daemon's own. The engine's flags are
-//! read from `BASE_FLAGS` in `src/sync.rs`, so the baseline follows the engine.
+//! taken from `boilerhouse::sync::BASE_FLAGS`, so the baseline follows the engine.
 //!
 //! The table is printed as markdown and written to `target/bench/sync_restore.json`
 //! and `.md` (with the daemon's and the S3 server's logs beside them).
@@ -74,30 +74,6 @@ const TIME_BUDGET: Duration = Duration::from_secs(190);
 const MIN_SAMPLES: usize = 10;
 /// The product owner's target: claim and release within this factor of plain rclone.
 const TARGET_RATIO: f64 = 1.2;
-
-/// Used only if `BASE_FLAGS` cannot be read from `src/sync.rs` (the bench says so).
-const ENGINE_FLAGS_FALLBACK: &[&str] = &[
-    "--use-json-log",
-    "--log-level",
-    "NOTICE",
-    "--stats",
-    "1h",
-    "--stats-log-level",
-    "NOTICE",
-    "--checksum",
-    "--fast-list",
-    "--transfers",
-    "16",
-    "--checkers",
-    "16",
-    "--retries",
-    "2",
-    "--low-level-retries",
-    "1",
-    "--contimeout",
-    "10s",
-    "--skip-links",
-];
 
 fn main() -> ExitCode {
     // `cargo test --all-targets` runs bench binaries without `--bench`.
@@ -169,7 +145,7 @@ async fn run() -> BenchResult<()> {
     let rclone_bin = s3.rclone_bin().to_owned();
     std::fs::create_dir_all(s3.root_dir().join(BUCKET))?;
     let run_as = running_as_root().then_some(USER);
-    let (engine_flags, flags_note) = engine_flags();
+    let engine_flags = engine_flags();
     let rclone = Rclone {
         bin: rclone_bin.clone(),
         env: remote_env(&s3),
@@ -264,9 +240,6 @@ async fn run() -> BenchResult<()> {
             None => "the bench's own user".into(),
         }
     )];
-    if let Some(note) = flags_note {
-        notes.push(note);
-    }
     if cut_short {
         notes.push(format!(
             "stopped after {} samples: the {}s time budget was spent",
@@ -1030,42 +1003,13 @@ fn remote_env(s3: &S3Server) -> Vec<(String, String)> {
     env
 }
 
-/// The engine's flags, read from `BASE_FLAGS` in `src/sync.rs` so the baseline follows
-/// the engine; the fallback copy (with a note) if that cannot be read.
-fn engine_flags() -> (Vec<String>, Option<String>) {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sync.rs");
-    let parsed = std::fs::read_to_string(&source)
-        .ok()
-        .and_then(|text| parse_base_flags(&text));
-    match parsed {
-        Some(flags) => (flags, None),
-        None => (
-            ENGINE_FLAGS_FALLBACK
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            Some(format!(
-                "BASE_FLAGS not found in {}: the engine-flag baselines use the bench's own copy",
-                source.display()
-            )),
-        ),
-    }
-}
-
-/// The string literals of `const BASE_FLAGS: &[&str] = &[ … ];`, comments skipped.
-fn parse_base_flags(text: &str) -> Option<Vec<String>> {
-    let start = text.find("const BASE_FLAGS: &[&str] = &[")?;
-    let body = &text[start..];
-    let end = body.find("];")?;
-    let flags: Vec<String> = body[..end]
-        .lines()
-        .skip(1)
-        .map(|l| l.trim())
-        .filter(|l| !l.starts_with("//"))
-        .flat_map(|l| l.split(',').map(str::trim))
-        .filter_map(|s| s.strip_prefix('"')?.strip_suffix('"').map(str::to_owned))
-        .collect();
-    (!flags.is_empty()).then_some(flags)
+/// The engine's flags, straight from `boilerhouse::sync::BASE_FLAGS`, so the
+/// baseline always follows the engine.
+fn engine_flags() -> Vec<String> {
+    boilerhouse::sync::BASE_FLAGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------

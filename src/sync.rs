@@ -56,7 +56,7 @@ const MAX_ERROR_CHARS: usize = 400;
 
 /// Flags of every rclone invocation. The sink's `rclone_flags` come after them, so an
 /// operator can override any of these (rclone keeps the last value of a flag).
-const BASE_FLAGS: &[&str] = &[
+pub const BASE_FLAGS: &[&str] = &[
     // One JSON object per log line on stderr; the final stats line is parsed for the
     // byte and file counts. Stats are printed once at exit when the interval is > 0.
     "--use-json-log",
