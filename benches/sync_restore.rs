@@ -141,7 +141,7 @@ async fn run() -> BenchResult<()> {
     require_image(&image)?;
 
     step("starting the S3 endpoint");
-    let s3 = S3Server::start_new().await;
+    let s3 = S3Server::start_direct().await;
     let rclone_bin = s3.rclone_bin().to_owned();
     std::fs::create_dir_all(s3.root_dir().join(BUCKET))?;
     let run_as = running_as_root().then_some(USER);

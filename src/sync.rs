@@ -88,6 +88,10 @@ pub const BASE_FLAGS: &[&str] = &[
     "2",
     "--low-level-retries",
     "1",
+    // A connection that cannot be made ends the run at once (see `is_unreachable`); a
+    // black-holed endpoint should not hold a claim for rclone's default minute first.
+    "--contimeout",
+    "10s",
     "--contimeout",
     "10s",
     // Symlinks are never followed (rclone's default); this only silences the notice.
@@ -231,6 +235,18 @@ struct Finished {
     status: ExitStatus,
     log: RcloneLog,
     printed_a_line: bool,
+    /// Stopped at its first failed connection (see [`is_unreachable`]).
+    unreachable: bool,
+}
+
+impl Finished {
+    fn describe(&self) -> String {
+        if self.unreachable {
+            "was stopped at its first failed connection (the endpoint is unreachable)".into()
+        } else {
+            describe_status(self.status)
+        }
+    }
 }
 
 enum ExecError {
@@ -405,12 +421,12 @@ impl SyncEngine {
         let ok = code == Some(0);
         let nothing_remote = op == SyncOp::Download && code == Some(EXIT_DIR_NOT_FOUND);
         if !ok && !nothing_remote {
-            tracing::warn!(tenant, path = %mapping.path, %op, status = %describe_status(finished.status), elapsed_ms, "rclone failed");
+            tracing::warn!(tenant, path = %mapping.path, %op, status = %finished.describe(), elapsed_ms, "rclone failed");
             return Err(SyncError::Failed {
                 tenant: tenant.to_owned(),
                 path: mapping.path.clone(),
                 op,
-                status: describe_status(finished.status),
+                status: finished.describe(),
                 detail: summarize(&errors),
             });
         }
@@ -466,15 +482,12 @@ impl SyncEngine {
             return Ok(true);
         }
         match finished.status.code() {
-            Some(0) | Some(EXIT_DIR_NOT_FOUND) => Ok(false),
+            Some(0) | Some(EXIT_DIR_NOT_FOUND) if !finished.unreachable => Ok(false),
             _ => Err(SyncError::Failed {
                 tenant: ctx.tenant.to_owned(),
                 path: mapping.path.clone(),
                 op: ctx.op,
-                status: format!(
-                    "could not list the remote ({})",
-                    describe_status(finished.status)
-                ),
+                status: format!("could not list the remote ({})", finished.describe()),
                 detail: summarize(&finished.log.errors),
             }),
         }
@@ -534,7 +547,18 @@ impl SyncEngine {
             cmd.uid(uid).gid(gid);
         }
         let mut child = cmd.spawn().map_err(ExecError::Spawn)?;
-        let log_task = tokio::spawn(read_log(child.stderr.take(), ctx.secrets.clone()));
+        let (unreachable_tx, unreachable_rx) = tokio::sync::oneshot::channel();
+        let log_task = tokio::spawn(read_log(
+            child.stderr.take(),
+            ctx.secrets.clone(),
+            unreachable_tx,
+        ));
+        // Resolves when rclone logs a failed connection; never if it ends without one.
+        let mut unreachable = std::pin::pin!(async {
+            if unreachable_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
         let stdout = child.stdout.take();
         let outcome = tokio::time::timeout_at(deadline, async {
             let printed_a_line = match stdout {
@@ -548,15 +572,24 @@ impl SyncEngine {
                 }
                 None => false,
             };
+            // rclone goes on after a failed connection: every file tries again, and
+            // its pacer doubles the pause after each failure (5 files against a
+            // closed port: 30 s; 100 files: minutes), so the first one ends the run.
+            let gave_up = tokio::select! {
+                status = child.wait() => return Ok((status?, printed_a_line, false)),
+                () = &mut unreachable => true,
+            };
+            let _ = child.start_kill();
             let status = child.wait().await?;
-            Ok::<_, std::io::Error>((status, printed_a_line))
+            Ok::<_, std::io::Error>((status, printed_a_line, gave_up))
         })
         .await;
         match outcome {
-            Ok(Ok((status, printed_a_line))) => Ok(Finished {
+            Ok(Ok((status, printed_a_line, unreachable))) => Ok(Finished {
                 status,
                 log: log_task.await.unwrap_or_default(),
                 printed_a_line,
+                unreachable,
             }),
             Ok(Err(e)) => {
                 let _ = child.start_kill();
@@ -887,10 +920,12 @@ struct RcloneLog {
 }
 
 impl RcloneLog {
-    fn push(&mut self, line: &str, secrets: &[String]) {
+    /// Keeps what matters of one line; true when it is an error saying the endpoint
+    /// could not be reached.
+    fn push(&mut self, line: &str, secrets: &[String]) -> bool {
         let line = line.trim();
         if line.is_empty() {
-            return;
+            return false;
         }
         match serde_json::from_str::<LogLine>(line) {
             Ok(entry) => {
@@ -899,13 +934,15 @@ impl RcloneLog {
                 }
                 let is_error = matches!(entry.level.as_str(), "error" | "critical" | "fatal")
                     || entry.msg.starts_with("Failed to");
-                if is_error {
-                    let msg = match entry.object.filter(|o| !o.is_empty()) {
-                        Some(object) => format!("{object}: {}", entry.msg.trim()),
-                        None => entry.msg.trim().to_owned(),
-                    };
-                    self.error(&msg, secrets);
+                if !is_error {
+                    return false;
                 }
+                let msg = match entry.object.filter(|o| !o.is_empty()) {
+                    Some(object) => format!("{object}: {}", entry.msg.trim()),
+                    None => entry.msg.trim().to_owned(),
+                };
+                self.error(&msg, secrets);
+                is_unreachable(&entry.msg)
             }
             // Before its logger is set up (bad flags), rclone prints plain text.
             Err(_) => {
@@ -915,6 +952,7 @@ impl RcloneLog {
                 {
                     self.error(line, secrets);
                 }
+                false
             }
         }
     }
@@ -953,21 +991,51 @@ fn shorten(text: &str, max_chars: usize) -> String {
     }
 }
 
-async fn read_log(stderr: Option<impl AsyncRead + Unpin>, secrets: Arc<Vec<String>>) -> RcloneLog {
+/// Collects rclone's log; the first error line that says the endpoint could not be
+/// reached is also signalled on `unreachable`.
+async fn read_log(
+    stderr: Option<impl AsyncRead + Unpin>,
+    secrets: Arc<Vec<String>>,
+    unreachable: tokio::sync::oneshot::Sender<()>,
+) -> RcloneLog {
     let mut log = RcloneLog::default();
     let Some(stderr) = stderr else {
         return log;
     };
+    let mut unreachable = Some(unreachable);
     let mut reader = BufReader::new(stderr);
     let mut buf = Vec::new();
     loop {
         buf.clear();
         match reader.read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => log.push(&String::from_utf8_lossy(&buf), &secrets),
+            Ok(_) => {
+                let failed_connection = log.push(&String::from_utf8_lossy(&buf), &secrets);
+                if failed_connection {
+                    if let Some(tx) = unreachable.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
         }
     }
     log
+}
+
+/// Does this error say a connection to the endpoint could not be made at all (Go's
+/// `dial tcp …`: refused, unknown host, no route, connect timeout)? Nothing was sent,
+/// and nothing will be in the rest of this run either.
+fn is_unreachable(msg: &str) -> bool {
+    msg.contains("dial tcp")
+        && [
+            "connection refused",
+            "no such host",
+            "network is unreachable",
+            "no route to host",
+            "i/o timeout",
+        ]
+        .iter()
+        .any(|cause| msg.contains(cause))
 }
 
 /// Did the stream carry at least one non-empty line?
@@ -1195,6 +1263,50 @@ mod tests {
     }
 
     #[test]
+    fn failed_connections_are_recognised_and_other_errors_are_not() {
+        let mut log = RcloneLog::default();
+        for (cause, unreachable) in [
+            (
+                r#"Put \"http://127.0.0.1:1/b\": dial tcp 127.0.0.1:1: connect: connection refused"#,
+                true,
+            ),
+            (
+                r#"Get \"http://s3.invalid/b\": dial tcp: lookup s3.invalid on 10.0.0.2:53: no such host"#,
+                true,
+            ),
+            (
+                r#"Get \"http://10.9.9.9/b\": dial tcp 10.9.9.9:80: i/o timeout"#,
+                true,
+            ),
+            (
+                r#"Get \"http://10.9.9.9/b\": dial tcp 10.9.9.9:80: connect: no route to host"#,
+                true,
+            ),
+            (
+                r#"Put \"http://h/b\": read tcp 1.2.3.4:5->6.7.8.9:80: read: connection reset by peer"#,
+                false,
+            ),
+            (
+                "StatusCode: 500, api error InternalError: Internal Error",
+                false,
+            ),
+            (
+                "StatusCode: 403, api error AccessDenied: dial tcp is not the cause",
+                false,
+            ),
+        ] {
+            let line = format!(
+                r#"{{"level":"error","msg":"Failed to copy: operation error S3: PutObject, {cause}"}}"#
+            );
+            assert_eq!(log.push(&line, &[]), unreachable, "{line}");
+        }
+        // Only errors count, however they read.
+        let notice =
+            r#"{"level":"notice","msg":"dial tcp 127.0.0.1:1: connect: connection refused"}"#;
+        assert!(!log.push(notice, &[]));
+    }
+
+    #[test]
     fn stats_and_errors_are_parsed_from_the_json_log() {
         let secrets = vec!["AKIAEXAMPLEKEY".to_owned(), "s3cr3t/Value+xyz".to_owned()];
         let mut log = RcloneLog::default();
@@ -1208,7 +1320,7 @@ mod tests {
             "Usage:",
             "",
         ] {
-            log.push(line, &secrets);
+            assert!(!log.push(line, &secrets), "not a failed connection: {line}");
         }
         assert_eq!(
             log.stats,

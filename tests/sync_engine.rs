@@ -167,7 +167,7 @@ async fn upload_then_download_round_trips_every_file() {
         .await
         .expect("upload");
     assert!(up[0].success && up[0].direction == SyncOp::Upload);
-    assert_eq!(up[0].files_transferred, expected.len() as u64);
+    assert_eq!(up[0].files_transferred, expected.len() as u64, "{up:?}");
     let total: usize = expected.values().map(Vec::len).sum();
     assert_eq!(up[0].bytes_transferred, total as u64);
     assert_eq!(tree(&tenant_remote(&s3, "rt")), expected, "objects = files");
@@ -387,7 +387,11 @@ async fn an_outage_fails_loudly_and_touches_nothing() {
         .run(&spec, "t", state.path(), SyncOp::Upload, None)
         .await
         .expect("upload while up");
-    write(&state.path().join("c"), b"3");
+    // Enough new files that rclone, left to itself, would try each one in turn and back
+    // off longer after every failure (minutes); the engine stops it at the first.
+    for i in 0..40 {
+        write(&state.path().join(format!("new/{i}")), b"3");
+    }
     let local_before = tree(state.path());
     let remote_before = tree(&s3.root_dir());
 
@@ -407,6 +411,14 @@ async fn an_outage_fails_loudly_and_touches_nothing() {
             msg.contains("connection refused"),
             "says what failed: {msg}"
         );
+        // The upload would go on file after file; a download's listing fails once
+        // and rclone may exit on its own before it is stopped.
+        if op == SyncOp::Upload {
+            assert!(
+                msg.contains("stopped at its first failed connection"),
+                "{msg}"
+            );
+        }
         assert!(!msg.contains(s3.secret_key()) && !msg.contains(s3.access_key()));
     }
     // Both the mirror check (non-empty dir) and a plain download into an empty one.
@@ -433,8 +445,8 @@ async fn an_outage_fails_loudly_and_touches_nothing() {
         .await
         .expect("upload after the outage");
     assert_eq!(
-        results[0].files_transferred, 1,
-        "only the new file: {results:?}"
+        results[0].files_transferred, 40,
+        "only the new files: {results:?}"
     );
     assert_eq!(tree(&tenant_remote(&s3, "t")), local_before);
 }
