@@ -61,6 +61,14 @@ fn validate(dir: Option<PathBuf>) -> ExitCode {
         eprintln!("{}: not a directory", dir.display());
         return ExitCode::FAILURE;
     }
+    // The loader's warnings (valid but risky settings) go to stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .without_time()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match workload::load_dir(&dir, &env, &default_image) {
         Ok(list) if list.is_empty() => {
             println!(

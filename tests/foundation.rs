@@ -87,6 +87,28 @@ fn validate_lists_good_workloads_and_the_seed_example() {
     }
 }
 
+#[test]
+fn validate_warns_about_a_restore_without_a_non_root_user() {
+    let sync = "sync:\n  sink:\n    type: s3\n    bucket: b\n  mappings:\n    - path: /\n";
+    for (user, warned) in [
+        ("", true),
+        ("user: \"0\"\n", true),
+        ("user: \"1000\"\n", false),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let yaml = format!("id: w\nimage: x\n{user}{sync}");
+        std::fs::write(root.path().join("w.yaml"), &yaml).unwrap();
+        let out = bin().arg("validate").arg(root.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{yaml}: {err}");
+        assert_eq!(
+            err.contains("WARN") && err.contains("no non-root `user`") && err.contains("w.yaml"),
+            warned,
+            "{yaml}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_daemon_refuses_invalid_workloads() {
     let root = tempfile::tempdir().unwrap();

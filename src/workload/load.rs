@@ -641,6 +641,19 @@ impl Loader<'_> {
         if let (Some(i), false) = (host_port, w.pool.max_size == Some(1)) {
             self.err(&top.key("ports").index(i), "a fixed host port can only be published by one container: set `pool.max_size: 1`, or leave out `host` so Docker picks a free port");
         }
+        let restores = w.sync.as_ref().is_some_and(|sync| {
+            sync.mappings
+                .iter()
+                .any(|m| m.direction != SyncDirection::Upload)
+        });
+        if restores && w.user.is_none_or(|u| u.uid == 0) {
+            tracing::warn!(
+                file = %self.file.display(),
+                "this workload restores state but has no non-root `user`: rclone then runs as the \
+                 daemon's user (root in production), and a symlink a tenant plants under /state \
+                 could redirect a manual download onto host files; set `user` for untrusted code"
+            );
+        }
         let id = id?;
         w.name = name.unwrap_or_else(|| id.to_string());
         w.id = id;
