@@ -22,13 +22,7 @@ fn schemathesis() -> String {
 
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
-    let d = Daemon::builder()
-        .workload(
-            "web.yaml",
-            &workload("web", "pool:\n  min_size: 0\n  max_size: 1\n"),
-        )
-        .start()
-        .await;
+    let d = web_daemon("pool:\n  min_size: 0\n  max_size: 1\n").await;
     let (s, doc) = d.get("/openapi.json").await;
     assert_eq!(s, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

@@ -81,13 +81,7 @@ async fn a_token_protects_every_route_but_health_and_ready() {
 
 #[tokio::test]
 async fn metrics_and_the_event_stream_follow_claims() {
-    let d = Daemon::builder()
-        .workload(
-            "web.yaml",
-            &workload("web", "pool:\n  min_size: 1\n  max_size: 2\n"),
-        )
-        .start()
-        .await;
+    let d = web_daemon("pool:\n  min_size: 1\n  max_size: 2\n").await;
     d.wait_idle("web", 1).await;
     let mut stream = reqwest::Client::new()
         .get(format!("{}/events", d.base))
@@ -133,16 +127,10 @@ async fn metrics_and_the_event_stream_follow_claims() {
 }
 
 async fn symlinks_never_reach_the_host(policy: &str) {
-    let d = Daemon::builder()
-        .workload(
-            "web.yaml",
-            &workload(
-                "web",
-                &format!("pool:\n  min_size: 1\n  max_size: 2\n  recycle: {policy}\n"),
-            ),
-        )
-        .start()
-        .await;
+    let d = web_daemon(&format!(
+        "pool:\n  min_size: 1\n  max_size: 2\n  recycle: {policy}\n"
+    ))
+    .await;
     d.wait_idle("web", 1).await;
     let outside = tempfile::tempdir().unwrap();
     let victim_file = outside.path().join("passwd-copy");
@@ -231,13 +219,7 @@ async fn secrets_never_leak_into_logs_responses_or_metrics() {
 
 #[tokio::test]
 async fn malformed_input_gets_a_4xx_never_a_5xx() {
-    let d = Daemon::builder()
-        .workload(
-            "web.yaml",
-            &workload("web", "pool:\n  min_size: 0\n  max_size: 1\n"),
-        )
-        .start()
-        .await;
+    let d = web_daemon("pool:\n  min_size: 0\n  max_size: 1\n").await;
     let long_pool = "a".repeat(300);
     let long_secret = "K".repeat(300);
     let cases: Vec<(&str, String, String)> = vec![

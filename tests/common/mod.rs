@@ -398,6 +398,14 @@ pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A daemon whose only workload is `web`: [`workload`] with `extra`.
+pub async fn web_daemon(extra: &str) -> Daemon {
+    Daemon::builder()
+        .workload("web.yaml", &workload("web", extra))
+        .start()
+        .await
+}
+
 /// A simple workload on the test image.
 pub fn workload(id: &str, extra: &str) -> String {
     format!(
