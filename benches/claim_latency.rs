@@ -108,35 +108,7 @@ fn path_var(name: &str) -> Option<PathBuf> {
 }
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("claim_latency: not benchmarking without --bench (run `make bench`)");
-        return ExitCode::SUCCESS;
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("claim_latency: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Every guard lives inside `run`: when it returns, fails or is interrupted, the
-    // daemon is stopped and the instance's containers are removed before we exit.
-    let outcome = runtime.block_on(async {
-        tokio::select! {
-            r = run() => r,
-            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
-        }
-    });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("claim_latency: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("claim_latency", run)
 }
 
 async fn run() -> BenchResult<()> {

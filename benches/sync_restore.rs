@@ -44,6 +44,8 @@
 //! `make provision`, which builds the test image and installs rclone in `.tools/bin`).
 
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 #[path = "../tests/common/s3.rs"]
 mod s3;
 
@@ -57,8 +59,8 @@ use serde_json::{json, Value};
 
 use s3::S3Server;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type BenchResult<T> = Result<T, BoxError>;
+use common::daemon::{log_tail, wait_for_health};
+use common::BenchResult;
 
 const BUCKET: &str = "bh";
 const POOL: &str = "sync-bench";
@@ -76,35 +78,7 @@ const MIN_SAMPLES: usize = 10;
 const TARGET_RATIO: f64 = 1.2;
 
 fn main() -> ExitCode {
-    // `cargo test --all-targets` runs bench binaries without `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("sync_restore: not benchmarking without --bench (see benches/sync_restore.rs)");
-        return ExitCode::SUCCESS;
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sync_restore: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Ctrl-C drops the bench's future, and with it the guards that clean up.
-    let outcome = runtime.block_on(async {
-        tokio::select! {
-            r = run() => r,
-            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
-        }
-    });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sync_restore: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("sync_restore", run)
 }
 
 /// Everything measured for one sample; None where the step failed and was re-run
@@ -698,29 +672,9 @@ async fn start_daemon(
             .timeout(Duration::from_secs(120))
             .build()?,
     };
-    let started = Instant::now();
-    loop {
-        if let Ok(Some(status)) = daemon.child.try_wait() {
-            return Err(format!(
-                "the daemon exited with {status} during start-up:\n{}",
-                daemon.log_tail()
-            )
-            .into());
-        }
-        if let Ok(r) = daemon.http.get(daemon.url("/health")).send().await {
-            if r.status().is_success() {
-                return Ok(daemon);
-            }
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            return Err(format!(
-                "the daemon did not answer /health within 30 s:\n{}",
-                daemon.log_tail()
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let health = daemon.url("/health");
+    wait_for_health(&daemon.http, &health, &mut daemon.child, &daemon.log).await?;
+    Ok(daemon)
 }
 
 fn workload_yaml(image: &str, s3: &S3Server) -> String {
@@ -795,9 +749,7 @@ impl Daemon {
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(&self.log)
     }
 
     /// A timed `POST`: from just before sending until the whole body is read.

@@ -92,6 +92,46 @@ pub struct Daemon {
     control: reqwest::Client,
 }
 
+/// Waits until `GET url` answers 2xx. Fails, with the end of the daemon's log, if the
+/// daemon exits first or 30 s pass.
+pub async fn wait_for_health(
+    client: &reqwest::Client,
+    url: &str,
+    child: &mut Child,
+    log: &Path,
+) -> BenchResult<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the daemon exited with {status} during start-up:\n{}",
+                log_tail(log)
+            )
+            .into());
+        }
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "the daemon did not answer /health within 30 s:\n{}",
+                log_tail(log)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The last 30 lines of a daemon's log file.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 impl Daemon {
     /// Spawns `bin` with exactly `env` (plus `PATH`, `DOCKER_HOST` and any `MALLOC_*`
     /// variable) and waits for `/health`.
@@ -135,29 +175,11 @@ impl Daemon {
                 .timeout(Duration::from_secs(60))
                 .build()?,
         };
-        let started = Instant::now();
-        loop {
-            if let Some(Ok(Some(status))) = daemon.child.as_mut().map(|c| c.try_wait()) {
-                return Err(format!(
-                    "the daemon exited with {status} during start-up:\n{}",
-                    daemon.log_tail()
-                )
-                .into());
-            }
-            if let Ok(r) = daemon.control.get(daemon.url("/health")).send().await {
-                if r.status().is_success() {
-                    return Ok(daemon);
-                }
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err(format!(
-                    "the daemon did not answer /health within 30 s:\n{}",
-                    daemon.log_tail()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let health = daemon.url("/health");
+        if let Some(child) = daemon.child.as_mut() {
+            wait_for_health(&daemon.control, &health, child, &daemon.log).await?;
         }
+        Ok(daemon)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -169,9 +191,7 @@ impl Daemon {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(&self.log)
     }
 
     pub async fn get(&self, path: &str) -> BenchResult<Timed> {
