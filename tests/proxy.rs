@@ -507,15 +507,7 @@ async fn the_daemon_needs_nothing_beyond_the_allow_list() {
 
     // A dead idle container is noticed through /events and replaced.
     d.wait_idle("web", 2).await;
-    let (_, list) = d.get("/containers?poolId=web").await;
-    let victim = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["status"] == "idle")
-        .and_then(|c| c["id"].as_str())
-        .expect("an idle container")
-        .to_owned();
+    let victim = idle_container(&d, "web").await;
     let (ok, out) = docker(&["kill", &d.docker_name(&victim)]);
     assert!(ok, "{out}");
     d.wait_pool("web", Duration::from_secs(30), |v| {
@@ -530,15 +522,7 @@ async fn the_daemon_needs_nothing_beyond_the_allow_list() {
     .await;
 
     // DELETE /containers/:id through the API: an idle one is removed and replaced.
-    let (_, list) = d.get("/containers?poolId=web").await;
-    let spare = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["status"] == "idle")
-        .and_then(|c| c["id"].as_str())
-        .expect("an idle container")
-        .to_owned();
+    let spare = idle_container(&d, "web").await;
     let (s, v) = d
         .request("DELETE", &format!("/containers/{spare}"), None)
         .await;
@@ -629,4 +613,16 @@ async fn image_pulls_go_through_the_proxy() {
         "pull denied by the proxy: {pulls:?}"
     );
     proxy.assert_nothing_denied();
+}
+
+/// The id of one idle container of `pool`.
+async fn idle_container(d: &Daemon, pool: &str) -> String {
+    let (_, list) = d.get(&format!("/containers?poolId={pool}")).await;
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == "idle")
+        .and_then(|c| c["id"].as_str())
+        .expect("an idle container")
+        .to_owned()
 }

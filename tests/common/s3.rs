@@ -76,7 +76,6 @@ impl S3Server {
 
     /// The same without the proxy: clients reach rclone directly, concurrently, and
     /// may see its spurious 500s.
-    #[allow(dead_code)] // used by the benchmark only
     pub async fn start_direct() -> Self {
         Self::create(false).await
     }
