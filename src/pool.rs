@@ -24,14 +24,29 @@ use crate::activity::{ActivityLog, Event};
 use crate::config::Config;
 use crate::fsutil::{self, Owner};
 use crate::ledger::{ClaimRecord, Ledger};
+use crate::runtime::docker::probe_summary;
 use crate::runtime::spec::{spec_hash, ContainerDirs};
-use crate::runtime::{ContainerSpec, EventKind, Runtime, RuntimeEvent};
+use crate::runtime::{
+    ContainerReport, ContainerSpec, EngineHealth, EventKind, ProbeTimings, Readiness, Runtime,
+    RuntimeEvent,
+};
 use crate::sync::{ClaimSync, SyncEngine, SyncError, SyncOp, SyncStatus, TransferResult};
 use crate::tenant::TenantId;
-use crate::workload::{Recycle, SyncSpec, Workload};
+use crate::workload::{ready_deadline, Recycle, SyncSpec, Workload};
 
-/// Containers one pool creates at once.
+/// Most create calls one pool has in flight at once; the pool adapts below it.
 const CREATE_CONCURRENCY: usize = 24;
+/// Create calls in flight a new pool starts with, before it has seen how the node copes.
+const INITIAL_CREATE_CONCURRENCY: usize = 8;
+/// How long a creation watches a new container itself before handing it to the
+/// engine's health events (a container without healthcheck is ready once running).
+const FIRST_LOOK: Duration = Duration::from_millis(500);
+/// How often a starting container is inspected in case a health event was missed.
+const STARTING_CHECK: Duration = Duration::from_secs(5);
+/// Probe time-outs within this window mark the pool as under load.
+const PRESSURE_WINDOW: Duration = Duration::from_secs(60);
+/// Lines of a failed container's output quoted in `lastError`.
+const LOG_LINES: usize = 10;
 /// How often the actor looks at deadlines, inactivity and refills.
 const TICK: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -165,6 +180,27 @@ pub struct PoolView {
     pub starting_count: usize,
     pub status: &'static str,
     pub last_error: Option<LastError>,
+    /// Each starting container: since when, and by when it must be ready.
+    pub starting: Vec<StartingView>,
+    /// How long a new container may take to become ready (from the healthcheck, or
+    /// `pool.ready_timeout`).
+    pub ready_timeout_ms: u64,
+    /// Create calls the pool allows in flight now (it backs off under load).
+    pub create_concurrency: usize,
+    /// Health probes that timed out in the last minute (a sign of an overloaded node).
+    pub probe_timeouts: usize,
+    /// A sentence for the operator when the pool is held back by something.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartingView {
+    pub container_id: String,
+    pub since: DateTime<Utc>,
+    /// None while the engine is still creating it.
+    pub ready_by: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -178,6 +214,12 @@ pub struct ContainerView {
     pub image: String,
     pub created_at: DateTime<Utc>,
     pub last_activity_at: DateTime<Utc>,
+    /// Starting containers: since when they have been starting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starting_since: Option<DateTime<Utc>>,
+    /// Starting containers: the time by which they must be ready or are given up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_by: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -260,7 +302,12 @@ enum Msg {
     // Reports from the actor's own tasks.
     Created {
         container_id: String,
-        result: Result<String, String>,
+        result: Result<(String, Readiness), String>,
+    },
+    Inspected {
+        container_id: String,
+        cause: Look,
+        report: Result<ContainerReport, String>,
     },
     Prepared {
         tenant: TenantId,
@@ -286,6 +333,21 @@ enum Recycled {
     Removing,
     /// Wiped (and restarted) and ready for the next tenant.
     Idle,
+    /// Restarted and wiped; its healthcheck has not passed yet.
+    Starting(Option<ProbeTimings>),
+}
+
+/// Why the actor inspects a container that is starting or idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// A periodic look, in case a health event was missed.
+    Check,
+    /// Its readiness deadline passed.
+    Deadline,
+    /// The engine says it exited or was OOM-killed.
+    Died,
+    /// The engine says its healthcheck failed.
+    Unhealthy,
 }
 
 #[derive(Clone)]
@@ -384,6 +446,38 @@ struct Entry {
     idle_since: Instant,
     /// Destroy asked while it was starting: remove once created.
     cancelled: bool,
+    /// Its create call is in flight.
+    creating: bool,
+    /// Starting: since when, and (once created) the deadline for readiness.
+    starting_since: DateTime<Utc>,
+    ready_by: Option<(Instant, DateTime<Utc>)>,
+    /// Starting: when to inspect it next in case a health event was missed.
+    next_check: Instant,
+    /// An inspection of it is in flight.
+    inspecting: bool,
+    /// A health event that arrived while its create call was still in flight.
+    early: Option<EventKind>,
+}
+
+impl Entry {
+    fn new(info: ContainerInfo, status: Status, health: &str, created_at: DateTime<Utc>) -> Self {
+        let now = Instant::now();
+        Self {
+            info,
+            status,
+            health: health.to_owned(),
+            created_at,
+            last_activity_at: Utc::now(),
+            idle_since: now,
+            cancelled: false,
+            creating: false,
+            starting_since: Utc::now(),
+            ready_by: None,
+            next_check: now,
+            inspecting: false,
+            early: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -414,6 +508,7 @@ struct Claim {
 
 struct Waiting {
     replies: Vec<Reply<ClaimGrant>>,
+    since: Instant,
     deadline: Instant,
     metadata: Option<serde_json::Value>,
     /// The claim was allowed to queue at capacity (waitMs > 0).
@@ -432,7 +527,15 @@ struct Pool {
     claims: HashMap<TenantId, Claim>,
     queue: VecDeque<TenantId>,
     waiting: HashMap<TenantId, Waiting>,
-    starting: usize,
+    /// Create calls in flight.
+    creating: usize,
+    /// Create calls allowed in flight: grows as containers become ready, halves when
+    /// they fail to or their probes time out (additive increase, multiplicative decrease).
+    create_limit: usize,
+    /// The healthcheck timings containers of this pool run with (learned from the
+    /// first one the engine reports on, which includes an image's own healthcheck).
+    timings: Option<ProbeTimings>,
+    probe_timeouts: VecDeque<Instant>,
     failures: u32,
     next_create_at: Instant,
     last_error: Option<LastError>,
@@ -464,7 +567,10 @@ pub fn spawn(ctx: Arc<PoolContext>, workload: Arc<Workload>, adopted: Vec<Adopte
         claims: HashMap::new(),
         queue: VecDeque::new(),
         waiting: HashMap::new(),
-        starting: 0,
+        creating: 0,
+        create_limit: INITIAL_CREATE_CONCURRENCY,
+        timings: workload.healthcheck.as_ref().and_then(|h| h.timings()),
+        probe_timeouts: VecDeque::new(),
         failures: 0,
         next_create_at: Instant::now(),
         last_error: None,
@@ -480,6 +586,28 @@ pub fn spawn(ctx: Arc<PoolContext>, workload: Arc<Workload>, adopted: Vec<Adopte
 fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(10);
     (Duration::from_millis(500) * 2u32.pow(exp)).min(MAX_BACKOFF)
+}
+
+impl Waiting {
+    fn waited(&self) -> Duration {
+        self.since.elapsed()
+    }
+}
+
+/// `; its last output: "..."` for an error message, or nothing.
+fn output_tail(log: Option<&str>) -> String {
+    match log.map(str::trim).filter(|l| !l.is_empty()) {
+        Some(l) => {
+            let lines: Vec<&str> = l.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_LINES)..].join(" | ");
+            let mut tail: String = tail.chars().take(600).collect();
+            if tail.len() < l.len() && tail.chars().count() == 600 {
+                tail.push('…');
+            }
+            format!("; its last output: {tail:?}")
+        }
+        None => "; it wrote no output".into(),
+    }
 }
 
 impl Pool {
@@ -545,15 +673,7 @@ impl Pool {
             }
             self.containers.insert(
                 a.container_id,
-                Entry {
-                    info,
-                    status,
-                    health,
-                    created_at: a.created_at,
-                    last_activity_at: now,
-                    idle_since: Instant::now(),
-                    cancelled: false,
-                },
+                Entry::new(info, status, &health, a.created_at),
             );
         }
         let tenants: Vec<TenantId> = self.claims.keys().cloned().collect();
@@ -619,6 +739,11 @@ impl Pool {
                 container_id,
                 result,
             } => self.on_created(container_id, result),
+            Msg::Inspected {
+                container_id,
+                cause,
+                report,
+            } => self.on_inspected(container_id, cause, report),
             Msg::Prepared { tenant, result } => self.on_prepared(tenant, result),
             Msg::Released {
                 tenant,
@@ -671,11 +796,12 @@ impl Pool {
             return;
         }
         let can_create = self.can_create();
-        if !can_create && self.failures > 0 && self.starting == 0 {
+        let starting = self.starting_count();
+        if !can_create && self.failures > 0 && starting == 0 {
             let _ = reply.send(Err(self.unavailable()));
             return;
         }
-        let covered = self.starting > self.queue.len();
+        let covered = starting > self.queue.len();
         if !can_create && !covered && req.queue_wait.is_zero() {
             let _ = reply.send(Err(self.exhausted(req.queue_wait)));
             return;
@@ -691,6 +817,7 @@ impl Pool {
             req.tenant,
             Waiting {
                 replies: vec![reply],
+                since: Instant::now(),
                 deadline: Instant::now() + wait,
                 metadata: req.metadata,
                 queued_at_capacity: at_capacity,
@@ -723,6 +850,38 @@ impl Pool {
             self.claims.len(),
             self.max_size,
             self.ctx.config.max_containers,
+            waited.as_millis()
+        ))
+    }
+
+    /// A cold claim's wait ran out while containers were still starting.
+    fn not_ready_yet(&self, waited: Duration) -> PoolError {
+        let starting = self.starting_count();
+        let next = self
+            .containers
+            .values()
+            .filter_map(|e| e.ready_by.map(|(_, wall)| wall))
+            .min();
+        let probe = self
+            .first_probe()
+            .map(|d| {
+                format!(
+                    "; its healthcheck first probes {} after start",
+                    humantime::format_duration(d)
+                )
+            })
+            .unwrap_or_default();
+        let by = next
+            .map(|t| {
+                format!(
+                    ", the first must be ready by {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+            .unwrap_or_default();
+        PoolError::Exhausted(format!(
+            "pool {} had no ready container within the claim's wait of {} ms: {starting} container(s) still starting{by}{probe}; retry shortly",
+            self.id(),
             waited.as_millis()
         ))
     }
@@ -999,6 +1158,10 @@ impl Pool {
                             self.idle.push_back(container_id.clone());
                         }
                     }
+                    Recycled::Starting(timings) => {
+                        self.timings = timings.or(self.timings);
+                        self.await_health(&container_id, Instant::now());
+                    }
                 }
                 self.record(
                     Event::new("container.released", self.id())
@@ -1032,14 +1195,22 @@ impl Pool {
 
     // ----- containers ---------------------------------------------------------
 
+    fn starting_count(&self) -> usize {
+        self.containers
+            .values()
+            .filter(|e| e.status == Status::Starting)
+            .count()
+    }
+
     fn refill(&mut self) {
         if self.stopping {
             return;
         }
         let waiting = self.queue.len();
-        let want = (self.min_size + waiting).saturating_sub(self.idle.len() + self.starting);
+        let want =
+            (self.min_size + waiting).saturating_sub(self.idle.len() + self.starting_count());
         let room = self.max_size.saturating_sub(self.containers.len());
-        let slots = CREATE_CONCURRENCY.saturating_sub(self.starting);
+        let slots = self.create_limit.saturating_sub(self.creating);
         let n = want.min(room).min(slots);
         if n == 0 || Instant::now() < self.next_create_at {
             return;
@@ -1061,19 +1232,10 @@ impl Pool {
             docker_id: None,
         };
         let now = Utc::now();
-        self.containers.insert(
-            container_id.clone(),
-            Entry {
-                info: info.clone(),
-                status: Status::Starting,
-                health: "starting".into(),
-                created_at: now,
-                last_activity_at: now,
-                idle_since: Instant::now(),
-                cancelled: false,
-            },
-        );
-        self.starting += 1;
+        let mut entry = Entry::new(info.clone(), Status::Starting, "starting", now);
+        entry.creating = true;
+        self.containers.insert(container_id.clone(), entry);
+        self.creating += 1;
         let ctx = self.ctx.clone();
         let workload = self.workload.clone();
         let hash = self.spec_hash.clone();
@@ -1089,52 +1251,287 @@ impl Pool {
         });
     }
 
-    fn on_created(&mut self, container_id: String, result: Result<String, String>) {
-        self.starting = self.starting.saturating_sub(1);
+    /// How long a container with these timings may take to become ready.
+    fn ready_timeout(&self) -> Duration {
+        ready_deadline(
+            self.timings.as_ref(),
+            self.workload.pool.ready_timeout,
+            self.ctx.config.claim_timeout().max(Duration::from_secs(5)),
+        )
+    }
+
+    /// When the engine first probes a new container of this pool.
+    fn first_probe(&self) -> Option<Duration> {
+        let newer = self.ctx.runtime.supports_start_interval();
+        self.timings.map(|t| t.first_probe(newer))
+    }
+
+    fn on_created(&mut self, container_id: String, result: Result<(String, Readiness), String>) {
+        self.creating = self.creating.saturating_sub(1);
         match result {
-            Ok(docker_id) => {
-                self.failures = 0;
+            Ok((docker_id, readiness)) => {
                 let Some(entry) = self.containers.get_mut(&container_id) else {
                     return;
                 };
                 entry.info.docker_id = Some(docker_id);
+                entry.creating = false;
                 if entry.cancelled || self.stopping {
                     if !self.stopping {
                         self.remove_container(&container_id);
                     }
                     return;
                 }
-                entry.status = Status::Idle;
-                entry.health = "healthy".into();
-                entry.idle_since = Instant::now();
-                self.idle.push_back(container_id.clone());
-                self.record(Event::new("container.created", self.id()).container(&container_id));
-                self.serve_queue();
-            }
-            Err(message) => {
-                self.containers.remove(&container_id);
-                self.ctx.capacity.release();
-                self.failures += 1;
-                self.next_create_at = Instant::now() + backoff(self.failures);
-                tracing::warn!(pool = %self.workload.id, failures = self.failures, error = %message, "container creation failed");
-                self.last_error = Some(LastError {
-                    message: message.clone(),
-                    timestamp: Utc::now(),
-                });
-                self.record(Event::new("pool.error", self.id()).message(message));
-                if self.starting == 0 {
-                    let err = self.unavailable();
-                    for tenant in std::mem::take(&mut self.queue) {
-                        if let Some(w) = self.waiting.remove(&tenant) {
-                            for r in w.replies {
-                                let _ = r.send(Err(err.clone()));
+                let early = entry.early.take();
+                let started = self
+                    .containers
+                    .get(&container_id)
+                    .map(|e| e.starting_since)
+                    .unwrap_or_else(Utc::now);
+                match readiness {
+                    Readiness::Ready => self.mark_ready(&container_id),
+                    Readiness::Starting(timings) => {
+                        self.timings = timings.or(self.timings);
+                        let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
+                        let since = Instant::now()
+                            .checked_sub(elapsed)
+                            .unwrap_or_else(Instant::now);
+                        self.await_health(&container_id, since);
+                        match early {
+                            Some(EventKind::Healthy) => self.mark_ready(&container_id),
+                            Some(EventKind::Unhealthy) => {
+                                self.inspect(&container_id, Look::Unhealthy)
                             }
+                            Some(EventKind::Died { .. } | EventKind::Oom) => {
+                                self.inspect(&container_id, Look::Died)
+                            }
+                            None => {}
                         }
                     }
                 }
             }
+            Err(message) => {
+                self.containers.remove(&container_id);
+                self.ctx.capacity.release();
+                self.creation_failed(message);
+            }
         }
         self.refill();
+    }
+
+    /// Puts a created (or restarted) container in `Starting` until its healthcheck
+    /// passes, with its readiness deadline counted from `since`.
+    fn await_health(&mut self, container_id: &str, since: Instant) {
+        let timeout = self.ready_timeout();
+        let first = self.first_probe().unwrap_or(STARTING_CHECK);
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return;
+        };
+        if entry.status != Status::Starting {
+            entry.status = Status::Starting;
+            entry.health = "starting".into();
+            entry.starting_since = Utc::now();
+        }
+        let deadline = since + timeout;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wall = Utc::now() + chrono::Duration::from_std(left).unwrap_or_default();
+        entry.ready_by = Some((deadline, wall));
+        // Look first just after the first probe is due, then every few seconds.
+        entry.next_check = since + first + Duration::from_secs(1);
+    }
+
+    /// A starting container passed its healthcheck: it joins the idle set.
+    fn mark_ready(&mut self, container_id: &str) {
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return;
+        };
+        if entry.status != Status::Starting || entry.creating {
+            return;
+        }
+        entry.status = Status::Idle;
+        entry.health = "healthy".into();
+        entry.idle_since = Instant::now();
+        entry.ready_by = None;
+        self.idle.push_back(container_id.to_owned());
+        self.failures = 0;
+        self.create_limit = (self.create_limit + 1).min(CREATE_CONCURRENCY);
+        self.record(Event::new("container.created", self.id()).container(container_id));
+        self.serve_queue();
+    }
+
+    /// Something went wrong creating a container: back off, say why, and fail the
+    /// claims that were waiting for it when nothing else is on its way.
+    fn creation_failed(&mut self, message: String) {
+        self.failures += 1;
+        self.next_create_at = Instant::now() + backoff(self.failures);
+        tracing::warn!(pool = %self.workload.id, failures = self.failures, error = %message, "container creation failed");
+        self.last_error = Some(LastError {
+            message: message.clone(),
+            timestamp: Utc::now(),
+        });
+        self.record(Event::new("pool.error", self.id()).message(message));
+        if self.starting_count() == 0 && self.creating == 0 {
+            let err = self.unavailable();
+            for tenant in std::mem::take(&mut self.queue) {
+                if let Some(w) = self.waiting.remove(&tenant) {
+                    for r in w.replies {
+                        let _ = r.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Inspects a starting or idle container in the background; `on_inspected` decides.
+    fn inspect(&mut self, container_id: &str, cause: Look) {
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return;
+        };
+        let Some(docker_id) = entry.info.docker_id.clone() else {
+            return;
+        };
+        if entry.inspecting || entry.creating || entry.status == Status::Removing {
+            return;
+        }
+        entry.inspecting = true;
+        if entry.status == Status::Idle {
+            // No claim may take it while the engine is asked what is wrong with it.
+            self.idle.retain(|c| c != container_id);
+            entry.status = Status::Starting;
+            entry.starting_since = Utc::now();
+        }
+        let runtime = self.ctx.runtime.clone();
+        let container_id = container_id.to_owned();
+        self.spawn_report(async move {
+            let report = runtime
+                .report(&docker_id, LOG_LINES)
+                .await
+                .map_err(|e| e.to_string());
+            Msg::Inspected {
+                container_id,
+                cause,
+                report,
+            }
+        });
+    }
+
+    fn on_inspected(
+        &mut self,
+        container_id: String,
+        cause: Look,
+        report: Result<ContainerReport, String>,
+    ) {
+        let timeout = self.ready_timeout();
+        let first_probe = self.first_probe();
+        let Some(entry) = self.containers.get_mut(&container_id) else {
+            return;
+        };
+        entry.inspecting = false;
+        if entry.status != Status::Starting {
+            return;
+        }
+        let name = entry.info.name.clone();
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                // The engine could not say: try again at the next check.
+                entry.next_check = Instant::now() + STARTING_CHECK;
+                if cause == Look::Deadline || cause == Look::Died {
+                    self.give_up(
+                        &container_id,
+                        format!("container {name} cannot be inspected: {e}"),
+                    );
+                }
+                return;
+            }
+        };
+        let probe = report
+            .last_probe
+            .as_ref()
+            .map(|p| format!("; last probe: {}", probe_summary(p)))
+            .unwrap_or_default();
+        if !report.running {
+            let message = format!(
+                "container {name} exited before it was claimed ({}){}",
+                report.detail,
+                output_tail(report.log_tail.as_deref())
+            );
+            self.give_up(&container_id, message);
+            return;
+        }
+        match report.health {
+            EngineHealth::Healthy | EngineHealth::None => self.mark_ready(&container_id),
+            EngineHealth::Unhealthy => {
+                if report.last_probe.as_ref().is_some_and(|p| p.timed_out) {
+                    // A probe that timed out says more about the node than the image:
+                    // keep the container (the engine goes on probing and it may pass
+                    // again) until its deadline, and create more slowly.
+                    self.probe_timed_out();
+                    if let Some(entry) = self.containers.get_mut(&container_id) {
+                        if entry.ready_by.is_none_or(|(d, _)| d <= Instant::now()) {
+                            let now = Instant::now();
+                            entry.ready_by = Some((
+                                now + timeout,
+                                Utc::now()
+                                    + chrono::Duration::from_std(timeout).unwrap_or_default(),
+                            ));
+                        }
+                        entry.health = "unhealthy (probe timed out)".into();
+                        entry.next_check = Instant::now() + STARTING_CHECK;
+                    }
+                    if cause != Look::Deadline {
+                        return;
+                    }
+                }
+                self.give_up(
+                    &container_id,
+                    format!("container {name} turned unhealthy{probe}"),
+                );
+            }
+            EngineHealth::Starting => {
+                if report.last_probe.as_ref().is_some_and(|p| p.timed_out) {
+                    self.probe_timed_out();
+                }
+                if cause == Look::Deadline {
+                    let why = match (&report.last_probe, first_probe) {
+                        (Some(_), _) => format!("its healthcheck has not passed yet{probe}"),
+                        (None, Some(first)) => format!(
+                            "no health probe has run yet (its healthcheck first probes {} after start)",
+                            humantime::format_duration(first)
+                        ),
+                        (None, None) => "its healthcheck has not reported yet".into(),
+                    };
+                    self.give_up(
+                        &container_id,
+                        format!(
+                            "container {name} did not become ready within {}: {why}",
+                            humantime::format_duration(timeout)
+                        ),
+                    );
+                } else if let Some(entry) = self.containers.get_mut(&container_id) {
+                    entry.next_check = Instant::now() + STARTING_CHECK;
+                }
+            }
+        }
+    }
+
+    /// A starting container failed for good: remove it and count the failure.
+    fn give_up(&mut self, container_id: &str, message: String) {
+        self.create_limit = (self.create_limit / 2).max(1);
+        self.remove_container(container_id);
+        self.creation_failed(message);
+    }
+
+    fn probe_timed_out(&mut self) {
+        let now = Instant::now();
+        self.probe_timeouts.push_back(now);
+        self.create_limit = (self.create_limit / 2).max(1);
+    }
+
+    fn recent_probe_timeouts(&self) -> usize {
+        self.probe_timeouts
+            .iter()
+            .filter(|t| t.elapsed() < PRESSURE_WINDOW)
+            .count()
     }
 
     /// Takes the container out of service and removes it in the background.
@@ -1232,14 +1629,35 @@ impl Pool {
             EventKind::Healthy => "healthy".to_owned(),
         };
         match entry.status {
+            // Its create call has not reported yet: act once it has (a failure wins
+            // over a later "healthy").
+            Status::Starting
+                if entry.creating
+                    && (entry.early.is_none() || event.kind != EventKind::Healthy) =>
+            {
+                entry.early = Some(event.kind);
+            }
+            Status::Starting if entry.creating => {}
+            Status::Starting => match event.kind {
+                EventKind::Healthy => self.mark_ready(&event.container_id),
+                EventKind::Unhealthy => self.inspect(&event.container_id, Look::Unhealthy),
+                EventKind::Died { .. } | EventKind::Oom => {
+                    self.inspect(&event.container_id, Look::Died)
+                }
+            },
             Status::Idle if event.kind != EventKind::Healthy => {
-                tracing::warn!(pool = %self.workload.id, container = %event.container_id, health, "idle container failed; replacing it");
+                tracing::warn!(pool = %self.workload.id, container = %event.container_id, health, "idle container failed");
                 self.record(
                     Event::new("container.unhealthy", self.id())
                         .container(&event.container_id)
                         .message(health),
                 );
-                self.remove_container(&event.container_id);
+                let look = if event.kind == EventKind::Unhealthy {
+                    Look::Unhealthy
+                } else {
+                    Look::Died
+                };
+                self.inspect(&event.container_id, look);
                 self.refill();
             }
             Status::Claimed | Status::Releasing => {
@@ -1273,6 +1691,29 @@ impl Pool {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        // Starting containers past their deadline, or due for a look.
+        let due: Vec<(String, Look)> = self
+            .containers
+            .iter()
+            .filter(|(_, e)| e.status == Status::Starting && !e.creating && !e.inspecting)
+            .filter_map(|(id, e)| match e.ready_by {
+                Some((deadline, _)) if deadline <= now => Some((id.clone(), Look::Deadline)),
+                _ if e.next_check <= now && e.info.docker_id.is_some() => {
+                    Some((id.clone(), Look::Check))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, look) in due {
+            self.inspect(&id, look);
+        }
+        while self
+            .probe_timeouts
+            .front()
+            .is_some_and(|t| t.elapsed() >= PRESSURE_WINDOW)
+        {
+            self.probe_timeouts.pop_front();
+        }
         // Claims that waited too long.
         let expired: Vec<TenantId> = self
             .waiting
@@ -1283,8 +1724,10 @@ impl Pool {
         for tenant in expired {
             if let Some(w) = self.waiting.remove(&tenant) {
                 self.queue.retain(|t| t != &tenant);
-                let err = if w.queued_at_capacity || self.failures == 0 {
-                    self.exhausted(Duration::ZERO)
+                let err = if !w.queued_at_capacity && self.starting_count() > 0 {
+                    self.not_ready_yet(w.waited())
+                } else if w.queued_at_capacity || self.failures == 0 {
+                    self.exhausted(w.waited())
                 } else {
                     self.unavailable()
                 };
@@ -1375,6 +1818,25 @@ impl Pool {
             .values()
             .filter(|e| matches!(e.status, Status::Claimed | Status::Releasing))
             .count();
+        let mut starting: Vec<StartingView> = self
+            .containers
+            .values()
+            .filter(|e| e.status == Status::Starting)
+            .map(|e| StartingView {
+                container_id: e.info.id.clone(),
+                since: e.starting_since,
+                ready_by: e.ready_by.map(|(_, wall)| wall),
+            })
+            .collect();
+        starting.sort_by_key(|s| s.since);
+        let probe_timeouts = self.recent_probe_timeouts();
+        let warning = (probe_timeouts > 0).then(|| {
+            format!(
+                "{probe_timeouts} health probe(s) timed out in the last minute: the node is overloaded; \
+                 the pool creates at most {} container(s) at once until probes pass again",
+                self.create_limit
+            )
+        });
         let status = if self.failures > 0 && self.idle.is_empty() {
             "error"
         } else if self.failures > 0 || self.idle.len() < self.min_size {
@@ -1392,9 +1854,14 @@ impl Pool {
             current_size: self.containers.len(),
             claimed_count: claimed,
             idle_count: self.idle.len(),
-            starting_count: self.starting,
+            starting_count: starting.len(),
             status,
             last_error: self.last_error.clone(),
+            starting,
+            ready_timeout_ms: self.ready_timeout().as_millis() as u64,
+            create_concurrency: self.create_limit,
+            probe_timeouts,
+            warning,
         }
     }
 
@@ -1416,6 +1883,11 @@ impl Pool {
                 image: self.workload.image.clone(),
                 created_at: e.created_at,
                 last_activity_at: e.last_activity_at,
+                starting_since: (e.status == Status::Starting).then_some(e.starting_since),
+                ready_by: e
+                    .ready_by
+                    .filter(|_| e.status == Status::Starting)
+                    .map(|(_, wall)| wall),
             })
             .collect();
         let claims = self
@@ -1515,6 +1987,9 @@ pub fn endpoints(info: &ContainerInfo) -> Endpoints {
 
 // ----- the tasks the actor spawns ---------------------------------------------
 
+/// Creates and starts a container and watches it for [`FIRST_LOOK`]: ready then, or
+/// still starting (the actor waits for its health events), or an error that says why
+/// it did not run, with its exit code and last output.
 async fn create_container(
     ctx: &PoolContext,
     workload: &Workload,
@@ -1523,7 +1998,7 @@ async fn create_container(
     owner: Owner,
     image_present: &AtomicBool,
     created_at: DateTime<Utc>,
-) -> Result<String, String> {
+) -> Result<(String, Readiness), String> {
     let started = Instant::now();
     let dirs = info.dirs.clone();
     let made = tokio::task::spawn_blocking(move || fsutil::create_dirs(&dirs, owner))
@@ -1554,16 +2029,26 @@ async fn create_container(
             image_present.store(false, Ordering::Release);
             e.to_string()
         })?;
-        let timeout = ctx.config.claim_timeout().max(Duration::from_secs(5));
-        if let Err(e) = ctx
+        match ctx
             .runtime
-            .wait_ready(&docker_id, &spec.name, timeout)
+            .wait_ready(&docker_id, &spec.name, FIRST_LOOK)
             .await
         {
-            let _ = ctx.runtime.remove(&docker_id).await;
-            return Err(e.to_string());
+            Ok(readiness) => Ok((docker_id, readiness)),
+            Err(e) => {
+                let message = match ctx.runtime.report(&docker_id, LOG_LINES).await {
+                    Ok(r) if !r.running => format!(
+                        "container {} exited at once ({}){}",
+                        spec.name,
+                        r.detail,
+                        output_tail(r.log_tail.as_deref())
+                    ),
+                    _ => e.to_string(),
+                };
+                let _ = ctx.runtime.remove(&docker_id).await;
+                Err(message)
+            }
         }
-        Ok(docker_id)
     }
     .await;
     crate::metrics::container_created(workload.id.as_str(), result.is_ok(), started.elapsed());
@@ -1672,18 +2157,19 @@ async fn release_claim(
                     if workload.pool.recycle == Recycle::Restart {
                         match runtime.restart(&docker_id).await {
                             Ok(()) => runtime
-                                .wait_ready(&docker_id, &info.name, ctx.config.claim_timeout())
+                                .wait_ready(&docker_id, &info.name, FIRST_LOOK)
                                 .await
                                 .map_err(|e| e.to_string()),
                             Err(e) => Err(e.to_string()),
                         }
                     } else {
-                        Ok(())
+                        Ok(Readiness::Ready)
                     }
                 }
             };
             match ready {
-                Ok(()) => Ok(Recycled::Idle),
+                Ok(Readiness::Ready) => Ok(Recycled::Idle),
+                Ok(Readiness::Starting(timings)) => Ok(Recycled::Starting(timings)),
                 Err(e) => {
                     tracing::warn!(container = %info.id, error = %e, "recycling failed; removing the container");
                     Ok(Recycled::Removing)
