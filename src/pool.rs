@@ -115,6 +115,9 @@ pub enum PoolError {
     ContainerClaimed(String, String),
     #[error("{0}")]
     Invalid(String),
+    /// The claim record could not be written: the claim was not made.
+    #[error("{0}")]
+    Ledger(String),
     #[error("{0}")]
     Internal(String),
     #[error("the pool is shutting down")]
@@ -141,12 +144,65 @@ pub struct ClaimGrant {
     pub owner: Owner,
 }
 
+/// A claim's secrets: file name → content, written under the container's secrets dir.
+pub type Secrets = BTreeMap<String, String>;
+
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
     pub tenant: TenantId,
     /// How long the claim may queue when the pool is at capacity (0 = fail fast).
     pub queue_wait: Duration,
     pub metadata: Option<serde_json::Value>,
+    /// Written before this request is answered; None leaves the files as they are.
+    pub secrets: Option<Secrets>,
+}
+
+/// One caller waiting for a claim's answer, with the secrets it asked for.
+struct Asker {
+    reply: Reply<ClaimGrant>,
+    secrets: Option<Secrets>,
+}
+
+impl Asker {
+    fn answer(self, result: Result<ClaimGrant, PoolError>) {
+        let _ = self.reply.send(result);
+    }
+    fn is_closed(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// Serializes the writes of one claim's secrets, and closes when the claim is
+/// released, so a write that was still queued can never land in a container that
+/// has been wiped for the next tenant.
+#[derive(Clone)]
+struct SecretsGate(Arc<tokio::sync::Mutex<bool>>);
+
+impl SecretsGate {
+    fn new() -> Self {
+        Self(Arc::new(tokio::sync::Mutex::new(true)))
+    }
+
+    async fn write(&self, dir: &Path, secrets: Secrets, owner: Owner) -> Result<(), PoolError> {
+        let open = self.0.lock().await;
+        if !*open {
+            return Err(PoolError::Busy(
+                "the claim was released while its secrets were being written".into(),
+            ));
+        }
+        let target = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || fsutil::write_secrets(&target, &secrets, owner))
+            .await
+            .map_err(|e| PoolError::Internal(e.to_string()))?
+            .map_err(|e| {
+                PoolError::Internal(format!("cannot write secrets into {}: {e}", dir.display()))
+            })
+    }
+
+    /// Waits for writes in flight, then refuses any later one.
+    async fn close(&self) {
+        *self.0.lock().await = false;
+    }
 }
 
 /// Handle to a claim for a manual sync: its serializing sync cell and its dirs.
@@ -498,16 +554,17 @@ struct Claim {
     periodic: Option<JoinHandle<()>>,
     health: String,
     /// Callers waiting for the claim being provisioned; the first is the original.
-    waiters: Vec<Reply<ClaimGrant>>,
+    waiters: Vec<Asker>,
     /// Claims that arrived while the tenant was being released.
     after_release: Vec<(ClaimRequest, Reply<ClaimGrant>)>,
+    secrets: SecretsGate,
     checking_activity: bool,
     auto_retry_at: Option<Instant>,
     auto_backoff: Duration,
 }
 
 struct Waiting {
-    replies: Vec<Reply<ClaimGrant>>,
+    replies: Vec<Asker>,
     since: Instant,
     deadline: Instant,
     metadata: Option<serde_json::Value>,
@@ -663,6 +720,7 @@ impl Pool {
                         health: health.clone(),
                         waiters: Vec::new(),
                         after_release: Vec::new(),
+                        secrets: SecretsGate::new(),
                         checking_activity: false,
                         auto_retry_at: None,
                         auto_backoff: Duration::ZERO,
@@ -778,32 +836,44 @@ impl Pool {
             match claim.state {
                 ClaimState::Warm => {
                     claim.last_activity = Utc::now();
+                    let gate = claim.secrets.clone();
                     let grant = self.grant(&req.tenant, true);
-                    let _ = reply.send(grant);
+                    let asker = Asker {
+                        reply,
+                        secrets: req.secrets,
+                    };
+                    answer_after_secrets(asker, grant, gate);
                 }
-                ClaimState::Provisioning => claim.waiters.push(reply),
+                ClaimState::Provisioning => claim.waiters.push(Asker {
+                    reply,
+                    secrets: req.secrets,
+                }),
                 ClaimState::Releasing => claim.after_release.push((req, reply)),
             }
             return;
         }
+        let asker = Asker {
+            reply,
+            secrets: req.secrets,
+        };
         if let Some(w) = self.waiting.get_mut(&req.tenant) {
-            w.replies.push(reply);
+            w.replies.push(asker);
             return;
         }
         if let Some(container_id) = self.idle.pop_front() {
-            self.start_provisioning(req.tenant, container_id, vec![reply], req.metadata, false);
+            self.start_provisioning(req.tenant, container_id, vec![asker], req.metadata, false);
             self.refill();
             return;
         }
         let can_create = self.can_create();
         let starting = self.starting_count();
         if !can_create && self.failures > 0 && starting == 0 {
-            let _ = reply.send(Err(self.unavailable()));
+            asker.answer(Err(self.unavailable()));
             return;
         }
         let covered = starting > self.queue.len();
         if !can_create && !covered && req.queue_wait.is_zero() {
-            let _ = reply.send(Err(self.exhausted(req.queue_wait)));
+            asker.answer(Err(self.exhausted(req.queue_wait)));
             return;
         }
         let at_capacity = !can_create && !covered;
@@ -816,7 +886,7 @@ impl Pool {
         self.waiting.insert(
             req.tenant,
             Waiting {
-                replies: vec![reply],
+                replies: vec![asker],
                 since: Instant::now(),
                 deadline: Instant::now() + wait,
                 metadata: req.metadata,
@@ -909,7 +979,7 @@ impl Pool {
         &mut self,
         tenant: TenantId,
         container_id: String,
-        waiters: Vec<Reply<ClaimGrant>>,
+        mut waiters: Vec<Asker>,
         metadata: Option<serde_json::Value>,
         cold: bool,
     ) {
@@ -922,6 +992,10 @@ impl Pool {
         entry.last_activity_at = now;
         let info = entry.info.clone();
         let sync = ClaimSync::new();
+        let gate = SecretsGate::new();
+        // The first caller's secrets are part of making the claim; later callers'
+        // are written before each of them is answered.
+        let secrets = waiters.first_mut().and_then(|w| w.secrets.take());
         let record = ClaimRecord {
             tenant_id: tenant.to_string(),
             pool_id,
@@ -943,6 +1017,7 @@ impl Pool {
                 health: entry.health.clone(),
                 waiters,
                 after_release: Vec::new(),
+                secrets: gate.clone(),
                 checking_activity: false,
                 auto_retry_at: None,
                 auto_backoff: Duration::ZERO,
@@ -952,8 +1027,10 @@ impl Pool {
         let workload = self.workload.clone();
         let owner = self.owner;
         self.spawn_report(async move {
-            let result =
-                prepare_claim(&ctx, &workload, &tenant, &info, &sync, owner, &record).await;
+            let result = prepare_claim(
+                &ctx, &workload, &tenant, &info, &sync, &gate, secrets, owner, &record,
+            )
+            .await;
             Msg::Prepared { tenant, result }
         });
     }
@@ -985,8 +1062,9 @@ impl Pool {
                 // Inactivity counts from when the tenant could first use the container.
                 claim.last_activity = Utc::now();
                 let container_id = claim.container_id.clone();
+                let gate = claim.secrets.clone();
                 for (i, w) in waiters.into_iter().enumerate() {
-                    let _ = w.send(self.grant(&tenant, i > 0));
+                    answer_after_secrets(w, self.grant(&tenant, i > 0), gate.clone());
                 }
                 self.start_periodic(&tenant);
                 self.record(
@@ -999,7 +1077,7 @@ impl Pool {
                 let container_id = claim.container_id.clone();
                 self.claims.remove(&tenant);
                 for w in waiters {
-                    let _ = w.send(Err(e.clone()));
+                    w.answer(Err(e.clone()));
                 }
                 // Half-restored state must never reach another tenant: remove it.
                 tracing::warn!(pool = %self.workload.id, tenant = %tenant, error = %e, "claim failed; recycling its container");
@@ -1096,6 +1174,7 @@ impl Pool {
             p.abort();
         }
         let claim_sync = claim.sync.clone();
+        let gate = claim.secrets.clone();
         let Some(entry) = self.containers.get_mut(&claim.container_id) else {
             return;
         };
@@ -1105,8 +1184,17 @@ impl Pool {
         let workload = self.workload.clone();
         let owner = self.owner;
         self.spawn_report(async move {
-            let outcome =
-                release_claim(&ctx, &workload, &tenant, &info, &claim_sync, sync, owner).await;
+            let outcome = release_claim(
+                &ctx,
+                &workload,
+                &tenant,
+                &info,
+                &claim_sync,
+                &gate,
+                sync,
+                owner,
+            )
+            .await;
             Msg::Released {
                 tenant,
                 outcome,
@@ -1374,7 +1462,7 @@ impl Pool {
             for tenant in std::mem::take(&mut self.queue) {
                 if let Some(w) = self.waiting.remove(&tenant) {
                     for r in w.replies {
-                        let _ = r.send(Err(err.clone()));
+                        r.answer(Err(err.clone()));
                     }
                 }
             }
@@ -1465,7 +1553,9 @@ impl Pool {
                     // A probe that timed out says more about the node than the image:
                     // keep the container (the engine goes on probing and it may pass
                     // again) until its deadline, and create more slowly.
-                    self.probe_timed_out();
+                    if cause == Look::Unhealthy {
+                        self.probe_timed_out();
+                    }
                     if let Some(entry) = self.containers.get_mut(&container_id) {
                         if entry.ready_by.is_none_or(|(d, _)| d <= Instant::now()) {
                             let now = Instant::now();
@@ -1488,9 +1578,6 @@ impl Pool {
                 );
             }
             EngineHealth::Starting => {
-                if report.last_probe.as_ref().is_some_and(|p| p.timed_out) {
-                    self.probe_timed_out();
-                }
                 if cause == Look::Deadline {
                     let why = match (&report.last_probe, first_probe) {
                         (Some(_), _) => format!("its healthcheck has not passed yet{probe}"),
@@ -1592,7 +1679,7 @@ impl Pool {
                         p.abort();
                     }
                     for w in claim.waiters {
-                        let _ = w.send(Err(PoolError::Busy("the container was destroyed".into())));
+                        w.answer(Err(PoolError::Busy("the container was destroyed".into())));
                     }
                 }
                 let ledger = self.ctx.ledger.clone();
@@ -1732,7 +1819,7 @@ impl Pool {
                     self.unavailable()
                 };
                 for r in w.replies {
-                    let _ = r.send(Err(err.clone()));
+                    r.answer(Err(err.clone()));
                 }
             }
         }
@@ -1968,12 +2055,12 @@ impl Pool {
                 p.abort();
             }
             for w in std::mem::take(&mut claim.waiters) {
-                let _ = w.send(Err(PoolError::Stopped));
+                w.answer(Err(PoolError::Stopped));
             }
         }
         for (_, w) in self.waiting.drain() {
             for r in w.replies {
-                let _ = r.send(Err(PoolError::Stopped));
+                r.answer(Err(PoolError::Stopped));
             }
         }
     }
@@ -2071,16 +2158,23 @@ async fn destroy_container(runtime: &dyn Runtime, info: &ContainerInfo) {
     let _ = tokio::task::spawn_blocking(move || fsutil::remove_dirs(&dirs)).await;
 }
 
-/// Restores state and records the claim durably. No Docker call.
+/// Writes the first caller's secrets, restores state and records the claim durably,
+/// in that order, before anyone is answered. No Docker call.
+#[allow(clippy::too_many_arguments)]
 async fn prepare_claim(
     ctx: &PoolContext,
     workload: &Workload,
     tenant: &TenantId,
     info: &ContainerInfo,
     sync: &ClaimSync,
+    gate: &SecretsGate,
+    secrets: Option<Secrets>,
     owner: Owner,
     record: &ClaimRecord,
 ) -> Result<(), PoolError> {
+    if let Some(secrets) = secrets {
+        gate.write(&info.dirs.secrets, secrets, owner).await?;
+    }
     if let Some(spec) = workload.sync.as_ref().filter(|s| s.policy.on_claim) {
         let (pool, dir) = (workload.id.as_str(), &info.dirs.state);
         run_sync(ctx, sync, spec, pool, tenant, dir, SyncOp::Download, owner)
@@ -2091,20 +2185,25 @@ async fn prepare_claim(
                 ))
             })?;
     }
-    ctx.ledger
-        .put(record)
-        .await
-        .map_err(|e| PoolError::Internal(format!("cannot record the claim durably: {e}")))
+    ctx.ledger.put(record).await.map_err(|e| {
+        PoolError::Ledger(format!(
+            "the claim was not made: its record cannot be written to the claim ledger in {} \
+             (BOILERHOUSE_DATA_DIR): {e}",
+            ctx.config.data_dir.display()
+        ))
+    })
 }
 
 /// Freeze, upload, forget, recycle — in that order, and nothing is wiped unless the
 /// upload succeeded (or the caller asked for no sync).
+#[allow(clippy::too_many_arguments)]
 async fn release_claim(
     ctx: &PoolContext,
     workload: &Workload,
     tenant: &TenantId,
     info: &ContainerInfo,
     sync: &ClaimSync,
+    secrets: &SecretsGate,
     do_sync: bool,
     owner: Owner,
 ) -> Result<Recycled, PoolError> {
@@ -2137,6 +2236,8 @@ async fn release_claim(
         .remove(workload.id.as_str(), tenant.as_str())
         .await
         .map_err(|e| PoolError::Internal(format!("cannot remove the claim record: {e}")))?;
+    // No secrets write of this claim may land after the wipe.
+    secrets.close().await;
     match workload.pool.recycle {
         Recycle::Destroy => Ok(Recycled::Removing),
         Recycle::Reuse | Recycle::Restart => {
@@ -2213,17 +2314,23 @@ pub async fn run_sync(
     result
 }
 
-/// The secrets of a claim, written before the claim is answered.
-pub async fn write_secrets(
-    grant: &ClaimGrant,
-    secrets: BTreeMap<String, String>,
-) -> Result<(), PoolError> {
-    let dir = grant.container.dirs.secrets.clone();
-    let owner = grant.owner;
-    tokio::task::spawn_blocking(move || fsutil::write_secrets(&dir, &secrets, owner))
-        .await
-        .map_err(|e| PoolError::Internal(e.to_string()))?
-        .map_err(|e| PoolError::Internal(format!("cannot write secrets: {e}")))
+/// Answers a caller once its secrets (if any) are written; a failed write fails
+/// only that caller, and the claim keeps the files it had.
+fn answer_after_secrets(asker: Asker, grant: Result<ClaimGrant, PoolError>, gate: SecretsGate) {
+    let Ok(grant) = grant else {
+        asker.answer(grant);
+        return;
+    };
+    let Some(secrets) = asker.secrets else {
+        let _ = asker.reply.send(Ok(grant));
+        return;
+    };
+    let reply = asker.reply;
+    tokio::spawn(async move {
+        let dir = grant.container.dirs.secrets.clone();
+        let written = gate.write(&dir, secrets, grant.owner).await;
+        let _ = reply.send(written.map(|()| grant));
+    });
 }
 
 #[cfg(test)]
@@ -2283,6 +2390,7 @@ mod tests {
             tenant: TenantId::parse(tenant).unwrap(),
             queue_wait: Duration::from_millis(wait_ms),
             metadata: None,
+            secrets: None,
         }
     }
 
@@ -2409,6 +2517,31 @@ mod tests {
         );
         f.runtime.fail_create.store(false, Ordering::SeqCst);
         idle(&pool, 2).await;
+    }
+
+    #[tokio::test]
+    async fn a_starting_container_joins_the_idle_set_on_its_health_event() {
+        let f = fixture(10);
+        f.runtime.start_unready.store(true, Ordering::SeqCst);
+        let pool = spawn(f.ctx.clone(), workload("web", 1, 1), vec![]);
+        let id = loop {
+            let snap = pool.snapshot().await.unwrap();
+            if let Some(s) = snap.pool.starting.first().filter(|s| s.ready_by.is_some()) {
+                break s.container_id.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let view = pool.snapshot().await.unwrap().pool;
+        assert_eq!((view.idle_count, view.starting_count), (0, 1));
+        assert!(view.last_error.is_none(), "starting is not failing");
+        pool.event(RuntimeEvent {
+            pool: "web".into(),
+            container_id: id,
+            kind: EventKind::Healthy,
+        })
+        .await;
+        idle(&pool, 1).await;
+        assert_eq!(pool.snapshot().await.unwrap().pool.starting_count, 0);
     }
 
     #[tokio::test]

@@ -48,6 +48,8 @@ pub enum ApiError {
     #[error("{0}")]
     DockerUnavailable(String),
     #[error("{0}")]
+    LedgerUnavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -68,9 +70,10 @@ impl ApiError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SyncFailed(_) => StatusCode::BAD_GATEWAY,
-            PoolExhausted { .. } | PoolUnavailable(_) | DockerUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            PoolExhausted { .. }
+            | PoolUnavailable(_)
+            | DockerUnavailable(_)
+            | LedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +98,7 @@ impl ApiError {
             NotFound(_) => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
             DockerUnavailable(_) => "docker_unavailable",
+            LedgerUnavailable(_) => "ledger_unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -145,6 +149,7 @@ impl From<crate::pool::PoolError> for ApiError {
             P::ContainerNotFound(id) => ApiError::ContainerNotFound(id),
             e @ P::ContainerClaimed(..) => ApiError::Conflict("container_claimed", e.to_string()),
             P::Invalid(m) => ApiError::BadRequest(m),
+            P::Ledger(m) => ApiError::LedgerUnavailable(m),
             P::Internal(m) => ApiError::Internal(m),
             P::Stopped => ApiError::DockerUnavailable("the daemon is shutting down".into()),
         }

@@ -33,6 +33,15 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     if let Err(e) = state.manager.runtime().ping().await {
         return not_ready(e.to_string());
     }
+    let ledger = state.manager.ledger();
+    if !ledger.is_healthy() {
+        if let Err(e) = ledger.probe().await {
+            return not_ready(format!(
+                "the claim ledger in {} (BOILERHOUSE_DATA_DIR) cannot be written: {e}",
+                state.manager.config().data_dir.display()
+            ));
+        }
+    }
     let pools = state.manager.pool_views().await;
     let cold: Vec<String> = pools
         .iter()

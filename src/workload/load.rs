@@ -1845,6 +1845,42 @@ sync:
     }
 
     #[test]
+    fn start_interval_and_ready_timeout_are_read_and_the_deadline_follows_the_healthcheck() {
+        let w = ok("id: a\nhealthcheck:\n  test: [\"CMD\", \"true\"]\n  interval: 30s\n  timeout: 5s\n  retries: 3\n  start_period: 10s\n  start_interval: 2s\npool:\n  ready_timeout: 2m\n");
+        let hc = w.healthcheck.unwrap();
+        assert_eq!(hc.start_interval, Some(Duration::from_secs(2)));
+        assert_eq!(w.pool.ready_timeout, Some(Duration::from_secs(120)));
+        let t = hc.timings().unwrap();
+        // The first probe: one interval on old engines, the start interval on new ones.
+        assert_eq!(t.first_probe(false), Duration::from_secs(30));
+        assert_eq!(t.first_probe(true), Duration::from_secs(2));
+        // start_period + (retries + 1) × (interval + timeout) + margin, at least the floor.
+        let floor = Duration::from_secs(30);
+        assert_eq!(
+            ready_deadline(Some(&t), None, floor),
+            Duration::from_secs(160)
+        );
+        assert_eq!(
+            ready_deadline(Some(&t), Some(Duration::from_secs(7)), floor),
+            Duration::from_secs(7)
+        );
+        assert_eq!(ready_deadline(None, None, floor), floor);
+        // Docker's defaults for what is left out: 30s, 30s, 3 retries.
+        let bare = ok("id: a\nhealthcheck:\n  test: [\"CMD\", \"true\"]\n")
+            .healthcheck
+            .unwrap()
+            .timings()
+            .unwrap();
+        assert_eq!(bare.worst_case(), Duration::from_secs(240));
+        let e = errs("id: a\nhealthcheck:\n  test: [\"CMD\", \"true\"]\n  start_interval: 0s\npool:\n  ready_timeout: soon\n");
+        assert!(
+            e.iter().any(|(k, _, _)| k == "healthcheck.start_interval"),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|(k, _, _)| k == "pool.ready_timeout"), "{e:?}");
+    }
+
+    #[test]
     fn durations() {
         let d = |s: &str| parse_duration(s).ok();
         assert_eq!(d("1m30s"), Some(Duration::from_secs(90)));
