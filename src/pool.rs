@@ -651,19 +651,20 @@ impl Waiting {
     }
 }
 
-/// `; its last output: "..."` for an error message, or nothing.
-fn output_tail(log: Option<&str>) -> String {
-    match log.map(str::trim).filter(|l| !l.is_empty()) {
-        Some(l) => {
-            let lines: Vec<&str> = l.lines().collect();
+/// `; its last output: "..."` for an error message.
+fn output_tail(log: Option<&Result<String, String>>) -> String {
+    match log {
+        Some(Err(e)) => format!("; its output could not be read: {e}"),
+        Some(Ok(l)) if !l.trim().is_empty() => {
+            let lines: Vec<&str> = l.trim().lines().collect();
             let tail = lines[lines.len().saturating_sub(LOG_LINES)..].join(" | ");
-            let mut tail: String = tail.chars().take(600).collect();
-            if tail.len() < l.len() && tail.chars().count() == 600 {
-                tail.push('…');
+            let mut short: String = tail.chars().take(600).collect();
+            if short.len() < tail.len() {
+                short.push('…');
             }
-            format!("; its last output: {tail:?}")
+            format!("; its last output: {short:?}")
         }
-        None => "; it wrote no output".into(),
+        _ => "; it wrote no output".into(),
     }
 }
 
@@ -1541,7 +1542,7 @@ impl Pool {
             let message = format!(
                 "container {name} exited before it was claimed ({}){}",
                 report.detail,
-                output_tail(report.log_tail.as_deref())
+                output_tail(report.log_tail.as_ref())
             );
             self.give_up(&container_id, message);
             return;
@@ -2128,7 +2129,7 @@ async fn create_container(
                         "container {} exited at once ({}){}",
                         spec.name,
                         r.detail,
-                        output_tail(r.log_tail.as_deref())
+                        output_tail(r.log_tail.as_ref())
                     ),
                     _ => e.to_string(),
                 };

@@ -5,6 +5,8 @@
 //! only uses `/_ping`, `/version`, `/events`, `/containers/*` and `/images/*`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,6 +28,10 @@ use super::{
     ProbeResult, ProbeTimings, Readiness, Runtime, RuntimeError, RuntimeEvent,
 };
 
+const LOGS_REFUSED: &str =
+    "the Docker API refused /containers/{id}/logs (behind docker-socket-proxy, \
+     ALLOW_LOGS=1 lets the daemon quote a failed container's output)";
+
 /// The first Docker API version that honours `healthcheck.start_interval`.
 const START_INTERVAL_API: (usize, usize) = (1, 44);
 
@@ -33,6 +39,9 @@ const START_INTERVAL_API: (usize, usize) = (1, 44);
 pub struct DockerRuntime {
     docker: Docker,
     host: String,
+    /// The engine (or a socket proxy in front of it) refused `/containers/{id}/logs`
+    /// once: a failed container's output is then not asked for again.
+    logs_refused: Arc<AtomicBool>,
 }
 
 impl DockerRuntime {
@@ -50,6 +59,7 @@ impl DockerRuntime {
         let runtime = Self {
             docker,
             host: host.clone(),
+            logs_refused: Arc::new(AtomicBool::new(false)),
         };
         runtime.ping().await?;
         Ok(runtime)
@@ -144,7 +154,15 @@ impl DockerRuntime {
         let mut stream = self.docker.logs(docker_id, Some(options));
         let mut out = String::new();
         while let Some(item) = stream.next().await {
-            let chunk = counted("logs", item).map_err(api)?;
+            let chunk = match item {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    if is_status(&e, &[403]) {
+                        self.logs_refused.store(true, Ordering::Release);
+                    }
+                    return counted("logs", Err(e)).map_err(api);
+                }
+            };
             out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
         Ok(out.trim_end().to_owned())
@@ -395,8 +413,16 @@ impl Runtime for DockerRuntime {
         let running = seen.status == Some(ContainerStateStatusEnum::RUNNING);
         let log_tail = if running || log_lines == 0 {
             None
+        } else if self.logs_refused.load(Ordering::Acquire) {
+            Some(Err(LOGS_REFUSED.to_owned()))
         } else {
-            self.log_tail(docker_id, log_lines).await.ok()
+            Some(self.log_tail(docker_id, log_lines).await.map_err(|e| {
+                if self.logs_refused.load(Ordering::Acquire) {
+                    LOGS_REFUSED.to_owned()
+                } else {
+                    e.to_string()
+                }
+            }))
         };
         Ok(ContainerReport {
             running,

@@ -106,8 +106,9 @@ pub struct ContainerReport {
     pub detail: String,
     pub health: EngineHealth,
     pub last_probe: Option<ProbeResult>,
-    /// The last lines of its output, when it is no longer running.
-    pub log_tail: Option<String>,
+    /// The last lines of its output, when it is no longer running (or why they
+    /// could not be read).
+    pub log_tail: Option<Result<String, String>>,
 }
 
 /// What the event watcher reports about a managed container.
