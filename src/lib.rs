@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod api;
 pub mod config;
+pub mod edge;
 pub mod fsutil;
 pub mod ledger;
 pub mod manager;

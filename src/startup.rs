@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::activity::ActivityLog;
 use crate::api::{self, AppState};
 use crate::config::{Config, LogFormat};
+use crate::edge::EdgeLimits;
 use crate::manager::ContainerManager;
 use crate::runtime::{DockerRuntime, Runtime};
 use crate::workload::{self, Workload};
@@ -115,13 +116,13 @@ pub async fn serve(
         api_token: config.api_token.as_deref().map(Arc::from),
         started: Instant::now(),
         metrics,
+        request_timeout: config.request_timeout(),
     };
     let app = api::router(state);
     let trimmer = tokio::spawn(return_freed_memory());
     let local = listener.local_addr().map_err(StartupError::Serve)?;
     tracing::info!(addr = %local, instance = %config.instance, ?pools, "boilerhouse listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    crate::edge::serve(listener, app, EdgeLimits::from_config(&config), shutdown)
         .await
         .map_err(StartupError::Serve)?;
     tracing::info!("shutting down: containers stay running for the next start");

@@ -47,6 +47,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     DockerUnavailable(String),
+    #[error("the request took longer than {} ms (BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS) and was stopped", .0.as_millis())]
+    RequestTimeout(Duration),
     #[error("{0}")]
     Internal(String),
 }
@@ -68,9 +70,10 @@ impl ApiError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SyncFailed(_) => StatusCode::BAD_GATEWAY,
-            PoolExhausted { .. } | PoolUnavailable(_) | DockerUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            PoolExhausted { .. }
+            | PoolUnavailable(_)
+            | DockerUnavailable(_)
+            | RequestTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +98,7 @@ impl ApiError {
             NotFound(_) => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
             DockerUnavailable(_) => "docker_unavailable",
+            RequestTimeout(_) => "request_timeout",
             Internal(_) => "internal_error",
         }
     }
