@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod manager;
 pub mod metrics;
 pub mod pool;
+pub mod preflight;
 pub mod runtime;
 pub mod startup;
 pub mod sync;

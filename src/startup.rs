@@ -28,6 +28,8 @@ pub enum StartupError {
     Docker(crate::runtime::RuntimeError),
     #[error(transparent)]
     Manager(#[from] crate::manager::StartError),
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightErrors),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -73,6 +75,19 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         tracing::warn!(variables = ?unknown, "ignoring unknown BOILERHOUSE_ variables (typos?)");
     }
     let workloads = load_workloads(&config)?;
+    // Created here, not only by the manager, so the preflight enters the real thing.
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| crate::manager::StartError::Dir(config.state_dir.display().to_string(), e))?;
+    for passed in crate::preflight::check(&config, &workloads).await? {
+        tracing::info!(
+            workload = %passed.workload,
+            uid = passed.uid,
+            gid = passed.gid,
+            rclone = %passed.version,
+            state_dir = %config.state_dir.display(),
+            "rclone runs as the workload's user and reaches the state dir"
+        );
+    }
     let runtime = DockerRuntime::connect()
         .await
         .map_err(StartupError::Docker)?;
