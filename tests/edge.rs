@@ -284,3 +284,40 @@ async fn events_outlive_the_request_timeout_with_keep_alive_comments() {
     assert!(!text.contains("request_timeout"), "{text}");
     eprintln!("keep-alive comment after {:?}", opened.elapsed());
 }
+
+#[tokio::test]
+async fn over_the_connection_cap_a_new_client_waits_for_a_free_slot() {
+    // Idle keep-alive connections (the fixture's own client) go within 0.5 s; the two
+    // half-sent holders stay for the 60 s header timeout.
+    let d = Daemon::builder()
+        .workload("web.yaml", &workload("web", "pool:\n  min_size: 0\n"))
+        .env("BOILERHOUSE_HTTP_MAX_CONNECTIONS", "2")
+        .env("BOILERHOUSE_HTTP_HEADER_TIMEOUT_MS", "60000")
+        .env("BOILERHOUSE_HTTP_IDLE_TIMEOUT_MS", "500")
+        .start()
+        .await;
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", d.port)).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+        holders.push(s);
+    }
+    // The kernel completes the handshake (backlog); the daemon does not serve it.
+    let mut waiting = TcpStream::connect(("127.0.0.1", d.port)).await.unwrap();
+    waiting
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_secs(2), waiting.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served with the cap at 2: {early:?}"
+    );
+    drop(holders.pop());
+    let got = tokio::time::timeout(Duration::from_secs(20), read_until_closed(&mut waiting))
+        .await
+        .expect("the waiting client was not served within 20 s of a slot freeing");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
