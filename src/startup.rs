@@ -126,12 +126,20 @@ pub async fn serve(
         )
         .await?,
     );
+    // Streams (`/events`) never finish on their own, and graceful shutdown waits for
+    // every response: they watch this and end when shutdown begins.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
     let state = AppState {
         manager: manager.clone(),
         api_token: config.api_token.as_deref().map(Arc::from),
         started: Instant::now(),
         metrics,
         request_timeout: config.request_timeout(),
+        stopping,
     };
     let app = api::router(state);
     let trimmer = tokio::spawn(return_freed_memory());

@@ -321,3 +321,30 @@ async fn over_the_connection_cap_a_new_client_waits_for_a_free_slot() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+#[tokio::test]
+async fn sigterm_ends_the_event_stream_and_the_daemon_exits() {
+    let mut d = Daemon::builder()
+        .workload("web.yaml", &workload("web", "pool:\n  min_size: 0\n"))
+        .start()
+        .await;
+    let mut resp = reqwest::Client::new()
+        .get(format!("{}/events", d.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status = d
+        .terminate_within(Duration::from_secs(30))
+        .await
+        .expect("the daemon did not exit within 30 s of SIGTERM with /events open");
+    assert!(status.success(), "{status}");
+    // The stream ended rather than being cut: the response finished cleanly.
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = resp.chunk().await.transpose() {
+            chunk.expect("the event stream broke instead of ending");
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the event stream did not end");
+}

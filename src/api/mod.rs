@@ -36,6 +36,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Bound on every route but `/events` (see [`limit_duration`]).
     pub request_timeout: Duration,
+    /// Turns true when the daemon begins to shut down; streaming responses end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {

@@ -262,6 +262,22 @@ impl Daemon {
         c.wait().expect("wait")
     }
 
+    /// SIGTERM, then polls for the exit for at most `bound`; None = still running
+    /// (the fixture's drop kills it).
+    pub async fn terminate_within(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.as_ref().expect("daemon not running").id();
+        unsafe_kill(pid, "TERM");
+        let started = Instant::now();
+        while started.elapsed() < bound {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     pub async fn restart(&mut self) {
         self.kill9();
         self.spawn().await;
