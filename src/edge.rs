@@ -363,3 +363,60 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(header_ms: u64, idle_ms: u64) -> EdgeLimits {
+        EdgeLimits {
+            header_timeout: Duration::from_millis(header_ms),
+            idle_timeout: Duration::from_millis(idle_ms),
+            max_connections: 1,
+        }
+    }
+
+    async fn bounded(f: impl Future<Output = &'static str>) -> &'static str {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("the watchdog never fired")
+    }
+
+    #[tokio::test]
+    async fn a_fresh_connection_has_the_header_timeout() {
+        let activity = Activity::new();
+        assert_eq!(
+            bounded(watchdog(&activity, limits(20, 60_000))).await,
+            "header timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_never_expires_and_goes_idle_when_its_response_ends() {
+        let activity = Arc::new(Activity::new());
+        let busy = Busy::begin(activity.clone());
+        let second = Busy::begin(activity.clone());
+        let dog = watchdog(&activity, limits(10, 10));
+        let mut dog = pin!(dog);
+        // Far past both limits while busy: nothing fires.
+        assert!(tokio::time::timeout(Duration::from_millis(100), &mut dog)
+            .await
+            .is_err());
+        drop(busy);
+        assert!(matches!(*activity.phase(), Phase::Busy { requests: 1 }));
+        drop(second);
+        assert_eq!(bounded(dog).await, "idle timeout");
+    }
+
+    #[tokio::test]
+    async fn bytes_on_an_idle_connection_start_the_header_timeout() {
+        let activity = Arc::new(Activity::new());
+        drop(Busy::begin(activity.clone()));
+        activity.read_some();
+        assert!(matches!(*activity.phase(), Phase::AwaitingHead { .. }));
+        assert_eq!(
+            bounded(watchdog(&activity, limits(20, 60_000))).await,
+            "header timeout"
+        );
+    }
+}
