@@ -611,7 +611,7 @@ pub fn spawn(ctx: Arc<PoolContext>, workload: Arc<Workload>, adopted: Vec<Adopte
         .max_size
         .unwrap_or(config.max_containers)
         .max(1);
-    let owner = workload.user.map(|u| (u.uid, u.group()));
+    let owner = workload.owner();
     let mut pool = Pool {
         spec_hash: spec_hash(&workload, config),
         ctx: ctx.clone(),

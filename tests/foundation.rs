@@ -15,8 +15,10 @@ use serde_json::json;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_boilerhouse"));
+    // validate starts rclone for sync workloads (the preflight): give it the real one.
     c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("BOILERHOUSE_RCLONE_BIN", common::s3::rclone_bin());
     c
 }
 

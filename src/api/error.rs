@@ -47,6 +47,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     DockerUnavailable(String),
+    #[error("the request took longer than {} ms (BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS) and was stopped", .0.as_millis())]
+    RequestTimeout(Duration),
     #[error("{0}")]
     LedgerUnavailable(String),
     #[error("{0}")]
@@ -73,7 +75,8 @@ impl ApiError {
             PoolExhausted { .. }
             | PoolUnavailable(_)
             | DockerUnavailable(_)
-            | LedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | LedgerUnavailable(_)
+            | RequestTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +102,7 @@ impl ApiError {
             MethodNotAllowed(_) => "method_not_allowed",
             DockerUnavailable(_) => "docker_unavailable",
             LedgerUnavailable(_) => "ledger_unavailable",
+            RequestTimeout(_) => "request_timeout",
             Internal(_) => "internal_error",
         }
     }

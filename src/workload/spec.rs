@@ -76,6 +76,13 @@ pub struct Workload {
     pub source: Option<PathBuf>,
 }
 
+impl Workload {
+    /// `(uid, gid)` the tenant's files belong to and rclone runs as; None = no `user`.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.user.map(|u| (u.uid, u.group()))
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Volumes {
