@@ -549,6 +549,7 @@ impl SyncEngine {
             // std drops supplementary groups too when it changes the uid as root.
             cmd.uid(uid).gid(gid);
         }
+        die_with_the_daemon(&mut cmd);
         cmd
     }
 
@@ -665,6 +666,38 @@ impl SyncEngine {
             }
         }
     }
+}
+
+/// rclone dies with the daemon. `kill_on_drop` covers every exit the daemon lives
+/// through; after a `kill -9` an orphaned rclone would go on — a restore writing into
+/// the state dir of a container the next start may find clean and hand to another
+/// tenant, an upload mirroring an old snapshot over a newer one. The parent-death
+/// signal is tied to the spawning thread: rclone is spawned from async tasks, which
+/// run on the runtime's worker threads (never on a `spawn_blocking` thread, which may
+/// exit while idle). std runs this after changing the uid, and a change of identity
+/// would reset the signal, so it is set last.
+fn die_with_the_daemon(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let daemon = std::process::id();
+        // SAFETY: the closure runs between fork and exec and only makes the
+        // async-signal-safe calls prctl and getppid; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let signal = libc::SIGKILL as libc::c_ulong;
+                if libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The daemon died before the signal was armed.
+                if libc::getppid() as u32 != daemon {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 /// Per-claim sync status, and the lock that makes a claim's transfers run one at a
