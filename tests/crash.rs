@@ -175,7 +175,12 @@ async fn assert_no_orphans(d: &Daemon) {
 /// Nothing of the instance is left paused; every container the daemon lists runs.
 fn assert_none_paused(d: &Daemon) {
     for (cid, name) in engine_containers(d) {
-        let state = &docker_inspect(&name)["State"];
+        // A container removed since the listing is not paused either.
+        let (ok, out) = docker(&["inspect", "--format", "{{json .State}}", &name]);
+        if !ok {
+            continue;
+        }
+        let state: Value = serde_json::from_str(&out).expect("State JSON");
         assert_eq!(state["Paused"], false, "{cid} is still paused: {state}");
     }
 }
@@ -238,6 +243,24 @@ fn rclones_of(d: &Daemon) -> Vec<String> {
     out
 }
 
+/// No rclone of the killed daemon goes on: an orphaned restore would write into a
+/// container the next start may find clean and hand out, an orphaned upload could
+/// mirror an old snapshot over a newer one.
+async fn assert_rclone_died(d: &Daemon) {
+    let started = std::time::Instant::now();
+    loop {
+        let alive = rclones_of(d);
+        if alive.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "rclone outlived the daemon: {alive:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// (a) Killed while a claim restores its state: the claim was never acknowledged, so
 /// after the restart the tenant holds nothing, the half-restored container is gone
 /// (or, if nothing reached it, idle and empty), and a new claim restores everything.
@@ -262,19 +285,7 @@ async fn kill_during_a_claims_restore() {
         !matches!(answer, Ok((200, _))),
         "the claim cannot have been acknowledged: {answer:?}"
     );
-    // Whatever survived the daemon may now finish its transfer: it must not matter.
-    let started = std::time::Instant::now();
-    loop {
-        let alive = rclones_of(&d);
-        if alive.is_empty() {
-            break;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "rclone outlived the daemon: {alive:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_rclone_died(&d).await;
     proxy.release();
 
     d.start_again().await;
@@ -370,6 +381,7 @@ async fn kill_during_a_releases_upload() {
     d.kill9();
     let answer = release.await.unwrap();
     assert!(!matches!(answer, Ok((200, _))), "{answer:?}");
+    assert_rclone_died(&d).await;
     proxy.release();
 
     d.start_again().await;
@@ -404,6 +416,7 @@ async fn kill_after_the_upload_before_the_release_ends() {
     d.kill9();
     let answer = release.await.unwrap();
     assert!(!matches!(answer, Ok((200, _))), "{answer:?}");
+    assert_rclone_died(&d).await;
     proxy.release();
 
     d.start_again().await;
@@ -412,7 +425,8 @@ async fn kill_after_the_upload_before_the_release_ends() {
     release_saves_everything(&d, &s3, "carol", &state).await;
 }
 
-/// (c') Killed as soon as the last PUT is answered: the kill lands before or after
+/// (c') Killed as soon as the upload's last request (the HEAD that checks the last
+/// PUT) is answered: the kill lands before or after
 /// the claim record is removed. Either the claim is intact with its state, or the
 /// tenant is released and the bucket holds every file — never neither.
 #[tokio::test]
@@ -421,20 +435,21 @@ async fn kill_right_after_the_last_put() {
     let state = files("dave");
     let cid = claim_with_files(&d, "dave", &state).await;
     let release = in_flight(&d, "/tenants/dave/release");
+    // rclone checks every object it uploaded with a HEAD: the last HEAD answered is
+    // the last request of the upload.
+    let count = |a: &[common::hold::Answered], method: &str| {
+        a.iter()
+            .filter(|r| r.method == method && r.status == 200)
+            .count()
+    };
     proxy
-        .wait_answered(WAIT, "every PUT", |a| {
-            a.iter()
-                .filter(|r| r.method == "PUT" && r.status == 200)
-                .count()
-                >= state.len()
+        .wait_answered(WAIT, "every PUT and its HEAD", |a| {
+            count(a, "PUT") >= state.len() && count(a, "HEAD") >= state.len()
         })
         .await;
     d.kill9();
     let answer = release.await.unwrap();
-    eprintln!(
-        "release answer: {answer:?}; proxy answered: {:#?}",
-        proxy.answered()
-    );
+    eprintln!("release answer: {answer:?}");
 
     d.start_again().await;
     after_restart(&d).await;
