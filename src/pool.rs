@@ -49,6 +49,8 @@ const PRESSURE_WINDOW: Duration = Duration::from_secs(60);
 const PRESSURE_TIMEOUTS: usize = 3;
 /// Deadline extensions a container whose probes only time out gets under load.
 const MAX_EXTENSIONS: u8 = 3;
+/// How long a container must stay idle before creation failures are forgiven.
+const STABLE: Duration = Duration::from_secs(10);
 /// Lines of a failed container's output quoted in `lastError`.
 const LOG_LINES: usize = 10;
 /// How often the actor looks at deadlines, inactivity and refills.
@@ -1452,7 +1454,6 @@ impl Pool {
         entry.ready_by = None;
         let again = std::mem::replace(&mut entry.was_ready, true);
         self.idle.push_back(container_id.to_owned());
-        self.failures = 0;
         self.create_limit = (self.create_limit + 1).min(CREATE_CONCURRENCY);
         let kind = if again {
             "container.healthy"
@@ -1828,6 +1829,17 @@ impl Pool {
             .collect();
         for (id, look) in due {
             self.inspect(&id, look);
+        }
+        // The backoff resets once a container has stayed up a while: one that is
+        // ready for a moment and then exits must not reset it (a crash loop).
+        if self.failures > 0
+            && self.idle.iter().any(|c| {
+                self.containers
+                    .get(c)
+                    .is_some_and(|e| e.idle_since.elapsed() >= STABLE)
+            })
+        {
+            self.failures = 0;
         }
         while self
             .probe_timeouts
