@@ -1577,6 +1577,12 @@ impl Pool {
                     if let Some(entry) = self.containers.get_mut(&container_id) {
                         entry.health = "unhealthy (probe timed out)".into();
                         entry.next_check = Instant::now() + STARTING_CHECK;
+                        if entry.ready_by.is_none() {
+                            // Held back from the idle set: it has a deadline again.
+                            let wall = Utc::now()
+                                + chrono::Duration::from_std(timeout).unwrap_or_default();
+                            entry.ready_by = Some((Instant::now() + timeout, wall));
+                        }
                     }
                     if cause != Look::Deadline || self.extend_under_pressure(&container_id) {
                         return;
@@ -1682,8 +1688,12 @@ impl Pool {
             .get_mut(container_id)
             .ok_or_else(|| PoolError::ContainerNotFound(container_id.to_owned()))?;
         match entry.status {
-            Status::Starting => {
+            Status::Starting if entry.creating => {
                 entry.cancelled = true;
+                Ok(())
+            }
+            Status::Starting => {
+                self.remove_container(container_id);
                 Ok(())
             }
             Status::Idle => {
