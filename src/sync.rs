@@ -91,8 +91,9 @@ pub const BASE_FLAGS: &[&str] = &[
     // The same retries would hold an unreachable endpoint for minutes (a listing
     // against a closed port: first error after 0.1 s with 1, 6.9 s with 3, 19.5 s with
     // 5), so the engine does not leave that to rclone: it checks that the endpoint
-    // accepts a TCP connection while rclone starts, and stops rclone at its first
-    // failed connection (`is_unreachable`) — see `exec`.
+    // accepts a TCP connection when rclone starts and every 2 s while it runs, and
+    // stops rclone at the first failed connection, its own or one rclone logs
+    // (`is_unreachable`) — see `exec`.
     "--retries",
     "3",
     "--retries-sleep",
@@ -109,6 +110,11 @@ pub const BASE_FLAGS: &[&str] = &[
 /// How long the engine's own check that the endpoint accepts connections may take
 /// (the same as rclone's `--contimeout`).
 const CONNECT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the check is repeated while rclone runs, so an endpoint that goes away
+/// in the middle of a transfer is noticed as soon (rclone would take one request's
+/// full retries, with backoff, to say so).
+const CONNECT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Proxy variables: with one set, rclone connects to the proxy, not to the endpoint.
 const PROXY_VARS: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"];
@@ -578,12 +584,14 @@ impl SyncEngine {
         let endpoint = ctx.endpoint.clone();
         let mut unreachable = std::pin::pin!(async move {
             let connect_check = async {
-                match endpoint {
-                    Some(address) => match check_connect(&address).await {
-                        Ok(()) => std::future::pending().await,
-                        Err(reason) => reason,
-                    },
-                    None => std::future::pending().await,
+                let Some(address) = endpoint else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    if let Err(reason) = check_connect(&address).await {
+                        return reason;
+                    }
+                    tokio::time::sleep(CONNECT_CHECK_INTERVAL).await;
                 }
             };
             tokio::select! {

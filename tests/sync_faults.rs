@@ -273,3 +273,28 @@ async fn upload_time_against_fault_rate() {
     }
     println!("{table}");
 }
+
+/// An endpoint that goes away in the middle of an upload: rclone alone would retry
+/// each request with backoff before saying so; the engine notices within seconds and
+/// stops it, and the error says what happened.
+#[tokio::test]
+async fn an_endpoint_that_goes_away_mid_upload_fails_fast() {
+    let s3 = S3Server::start_with(true, Faults::vanish_after(40)).await;
+    let spec = mirror(&s3);
+    let state = tempfile::tempdir().unwrap();
+    write_files(state.path(), 200);
+    let started = Instant::now();
+    let err = engine(4)
+        .run(&spec, "t", state.path(), SyncOp::Upload, None)
+        .await
+        .expect_err("the endpoint went away");
+    let took = started.elapsed();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("stopped at its first failed connection")
+            && msg.contains("connection refused"),
+        "{msg}"
+    );
+    assert!(took < Duration::from_secs(20), "fails fast, took {took:?}");
+    println!("endpoint gone mid-upload: failed after {took:?}: {msg}");
+}

@@ -66,6 +66,9 @@ pub struct Faults {
     pub rate: f64,
     /// The first PUT of every key is answered `500 InternalError`; the next succeeds.
     pub first_put_fails: bool,
+    /// After this many requests the proxy stops listening and closes its connections,
+    /// as an endpoint that goes away in the middle of a transfer (until restarted).
+    pub vanish_after: Option<u64>,
 }
 
 impl Faults {
@@ -87,8 +90,15 @@ impl Faults {
         }
     }
 
+    pub fn vanish_after(requests: u64) -> Self {
+        Self {
+            vanish_after: Some(requests),
+            ..Self::default()
+        }
+    }
+
     fn any(&self) -> bool {
-        self.rate > 0.0 || self.first_put_fails
+        self.rate > 0.0 || self.first_put_fails || self.vanish_after.is_some()
     }
 }
 
@@ -363,6 +373,8 @@ struct ProxyState {
     one_at_a_time: Option<tokio::sync::Mutex<()>>,
     faults: Faults,
     stats: Arc<ProxyStats>,
+    /// Notified when `vanish_after` requests have been received.
+    vanish: tokio::sync::Notify,
 }
 
 impl Proxy {
@@ -383,6 +395,7 @@ impl Proxy {
             one_at_a_time: serialized.then(|| tokio::sync::Mutex::new(())),
             faults,
             stats,
+            vanish: tokio::sync::Notify::new(),
         });
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound, listening) = std::sync::mpsc::channel::<std::io::Result<()>>();
@@ -406,10 +419,13 @@ impl Proxy {
                         return;
                     }
                 };
-                let app = axum::Router::new().fallback(forward).with_state(state);
+                let app = axum::Router::new()
+                    .fallback(forward)
+                    .with_state(state.clone());
                 tokio::select! {
                     served = axum::serve(listener, app) => served.expect("S3 proxy"),
                     _ = stopped => {}
+                    () = state.vanish.notified() => {}
                 }
             });
             // Dropping the runtime closes the listener and every open connection.
@@ -438,7 +454,10 @@ enum InjectedFault {
 impl ProxyState {
     /// Decides whether this request is answered with a fault instead of forwarded.
     fn fault_for(&self, method: &axum::http::Method, path: &str) -> Option<InjectedFault> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let seen = self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.faults.vanish_after.is_some_and(|n| seen >= n) {
+            self.vanish.notify_one();
+        }
         if self.faults.first_put_fails && method == axum::http::Method::PUT {
             let first = self
                 .stats
