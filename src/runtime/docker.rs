@@ -185,6 +185,19 @@ impl DockerRuntime {
 fn describe_pull_failure(reference: &str, lookup: &registry_auth::Lookup, raw: &str) -> String {
     let registry = &lookup.registry;
     let lower = raw.to_ascii_lowercase();
+    let credentials = match &lookup.credentials {
+        Some(c) => format!("with the credentials from {}", c.source),
+        None => format!(
+            "without credentials (none for {registry} in {}; set DOCKER_CONFIG or log in with `docker login {registry}`)",
+            lookup.config.display()
+        ),
+    };
+    // Docker Hub answers both a missing repository and a private one this way.
+    if lower.contains("repository does not exist") {
+        return format!(
+            "{reference} was not found at registry {registry}, or it needs other credentials (pulled {credentials}): {raw}"
+        );
+    }
     let auth_failed = [
         "unauthorized",
         "authentication required",
@@ -197,13 +210,6 @@ fn describe_pull_failure(reference: &str, lookup: &registry_auth::Lookup, raw: &
     .iter()
     .any(|m| lower.contains(m));
     if auth_failed {
-        let credentials = match &lookup.credentials {
-            Some(c) => format!("with the credentials from {}", c.source),
-            None => format!(
-                "without credentials (none for {registry} in {}; set DOCKER_CONFIG or log in with `docker login {registry}`)",
-                lookup.config.display()
-            ),
-        };
         return format!("authentication failed at registry {registry} {credentials}: {raw}");
     }
     let not_found = ["manifest unknown", "not found", "404", "does not exist"]
@@ -546,6 +552,12 @@ mod tests {
             m.starts_with("r.io:5000/a:1 was not found at registry r.io:5000"),
             "{m}"
         );
+        let m = describe_pull_failure(
+            "a:1",
+            &lookup(None),
+            "pull access denied for a, repository does not exist or may require 'docker login': denied",
+        );
+        assert!(m.contains("was not found at registry r.io:5000, or it needs other credentials (pulled without"), "{m}");
         let m = describe_pull_failure("r.io:5000/a:1", &lookup(None), "connection refused");
         assert!(
             m.starts_with("the pull from registry r.io:5000 failed"),
