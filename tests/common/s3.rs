@@ -108,6 +108,7 @@ pub struct ProxyStats {
     requests: AtomicU64,
     slow_down: AtomicU64,
     internal_error: AtomicU64,
+    server_error: AtomicU64,
     puts_seen: Mutex<HashSet<String>>,
 }
 
@@ -120,6 +121,11 @@ impl ProxyStats {
     /// Requests answered `503 SlowDown`.
     pub fn slow_downs(&self) -> u64 {
         self.slow_down.load(Ordering::Relaxed)
+    }
+
+    /// Forwarded requests the server itself answered with a 5xx status.
+    pub fn server_errors(&self) -> u64 {
+        self.server_error.load(Ordering::Relaxed)
     }
 
     /// Requests answered `500 InternalError` (random or first-PUT faults).
@@ -163,15 +169,25 @@ impl S3Server {
         Self::start_with(false, Faults::none()).await
     }
 
+    /// Like [`S3Server::start_direct`] (requests reach the server concurrently), but
+    /// through the proxy, which counts the server's own 5xx answers
+    /// ([`ProxyStats::server_errors`]).
+    pub async fn start_observed() -> Self {
+        Self::create(false, Faults::none(), true).await
+    }
+
     /// A server behind a proxy that injects `faults`, and passes requests one at a
     /// time when `serialized` (else concurrently: rclone's own spurious 500s add to
     /// the injected ones). Without faults and unserialized there is no proxy.
     pub async fn start_with(serialized: bool, faults: Faults) -> Self {
+        Self::create(serialized, faults, serialized || faults.any()).await
+    }
+
+    async fn create(serialized: bool, faults: Faults, proxied: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the S3 server");
         let root = dir.path().join("data");
         std::fs::create_dir_all(&root).expect("S3 root dir");
         let backend_port = free_port();
-        let proxied = serialized || faults.any();
         let mut server = Self {
             dir,
             root,
@@ -573,6 +589,9 @@ async fn forward(
         Err(e) => return proxy_error(format!("forwarding {} {path}: {e}", parts.method)),
     };
     let status = answer.status();
+    if status.is_server_error() {
+        state.stats.server_error.fetch_add(1, Ordering::Relaxed);
+    }
     let headers = end_to_end(answer.headers());
     let body = match answer.bytes().await {
         Ok(body) => body,
