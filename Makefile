@@ -3,11 +3,12 @@
 #   make test    provision test deps, then run every test: unit + Docker integration
 #   make lint    rustfmt + clippy, as CI does
 #   make bench   benchmarks (figures, never asserted)
+#   make bench-smoke  every benchmark at a small N: proves they still complete (CI runs it)
 
 CARGO ?= cargo
 export BOILERHOUSE_RCLONE_BIN ?= $(CURDIR)/.tools/bin/rclone
 
-.PHONY: run test provision lint bench image-test clean-test-containers
+.PHONY: run test provision lint bench bench-smoke image-test clean-test-containers
 
 run:
 	$(CARGO) run --release
@@ -34,6 +35,13 @@ bench: provision
 	$(CARGO) build --release
 	$(CARGO) bench --bench claim_latency
 	$(CARGO) bench --bench sync_restore
+
+# Each benchmark at a small size, so one that no longer completes fails CI. Its
+# figures mean nothing at this N; timings are never asserted.
+bench-smoke: provision
+	BOILERHOUSE_BENCH_N=12 BOILERHOUSE_BENCH_CLAIMS=40 BOILERHOUSE_BENCH_COLD_SAMPLES=3 \
+	  $(CARGO) bench --bench claim_latency
+	SYNC_BENCH_SAMPLES=2 $(CARGO) bench --bench sync_restore
 
 # Removes containers left by test runs (label boilerhouse.instance=t*); never touches others.
 clean-test-containers:

@@ -133,6 +133,10 @@ async fn run() -> BenchResult<()> {
     // Declared after `root` and before the daemon: dropped after the daemon is killed,
     // before the temp dirs go.
     let _guard = InstanceGuard::new(&instance);
+    // The raw baseline runs under an instance of its own: the daemon sweeps containers
+    // of its instance that no pool knows, and would remove them mid-measurement.
+    let raw_instance = format!("{instance}-raw");
+    let _raw_guard = InstanceGuard::new(&raw_instance);
     let workloads = root.path().join("workloads");
     std::fs::create_dir_all(&workloads)?;
     write_workload(&workloads, "warm", &settings.image, 0, n, "reuse")?;
@@ -183,7 +187,10 @@ async fn run() -> BenchResult<()> {
     report.latency("ledger_put_c32", "ledger write, c=32", &put32);
 
     // The raw containers use the daemon's own configuration and `cold` workload.
-    let config = Config::from_vars(env.clone())?;
+    let mut raw_env = env.clone();
+    raw_env.retain(|(k, _)| k != "BOILERHOUSE_INSTANCE");
+    raw_env.push(("BOILERHOUSE_INSTANCE".into(), raw_instance.clone()));
+    let config = Config::from_vars(raw_env)?;
     let no_env = |_: &str| None;
     let workload = boilerhouse::workload::load_dir(&workloads, &no_env, &settings.image)?
         .into_iter()

@@ -43,6 +43,16 @@ pub struct Config {
     pub sync_timeout_ms: u64,
     pub log_format: LogFormat,
     pub instance: String,
+    /// How long a client may take to send a request's headers, from its connection
+    /// (or its first byte after an idle keep-alive period) to the blank line.
+    pub http_header_timeout_ms: u64,
+    /// How long a keep-alive connection may sit between requests before it is closed.
+    pub http_idle_timeout_ms: u64,
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub http_max_connections: usize,
+    /// How long a request (except the `/events` stream) may take; None = derived
+    /// from the claim and sync timeouts (see [`Config::request_timeout`]).
+    pub http_request_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +87,10 @@ impl Default for Config {
             sync_timeout_ms: 300_000,
             log_format: LogFormat::Text,
             instance: "default".into(),
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            http_max_connections: 4096,
+            http_request_timeout_ms: None,
         }
     }
 }
@@ -201,6 +215,20 @@ impl Config {
             self.sync_timeout_ms >= 1,
             "BOILERHOUSE_SYNC_TIMEOUT_MS must be at least 1".into(),
         );
+        for (name, value) in [
+            ("HTTP_HEADER_TIMEOUT_MS", self.http_header_timeout_ms),
+            ("HTTP_IDLE_TIMEOUT_MS", self.http_idle_timeout_ms),
+            ("HTTP_MAX_CONNECTIONS", self.http_max_connections as u64),
+            (
+                "HTTP_REQUEST_TIMEOUT_MS",
+                self.http_request_timeout_ms.unwrap_or(1),
+            ),
+        ] {
+            check(
+                value >= 1,
+                format!("BOILERHOUSE_{name}={value}: must be at least 1"),
+            );
+        }
         check(
             !self.instance.is_empty()
                 && self.instance.len() <= 32
@@ -244,7 +272,32 @@ impl Config {
     pub fn sync_timeout(&self) -> Duration {
         Duration::from_millis(self.sync_timeout_ms)
     }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_header_timeout_ms)
+    }
+
+    pub fn http_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_idle_timeout_ms)
+    }
+
+    /// The request timeout: `BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS`, or, when unset, the
+    /// longest a single-mapping claim legitimately takes — the wait for a container
+    /// (claim timeout), one restore (sync timeout) — plus 30 s of slack. The same
+    /// bound covers a release, whose upload is bounded by the sync timeout. A fixed
+    /// default shorter than that would cut claims that would have succeeded.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_request_timeout_ms.unwrap_or_else(|| {
+            self.claim_timeout_ms
+                .saturating_add(self.sync_timeout_ms)
+                .saturating_add(REQUEST_TIMEOUT_SLACK_MS)
+        }))
+    }
 }
+
+/// Added to the claim and sync timeouts for the derived request timeout: container
+/// start, secrets and the answer itself.
+const REQUEST_TIMEOUT_SLACK_MS: u64 = 30_000;
 
 const KNOWN: &[&str] = &[
     "api_port",
@@ -269,6 +322,10 @@ const KNOWN: &[&str] = &[
     "sync_timeout_ms",
     "log_format",
     "instance",
+    "http_header_timeout_ms",
+    "http_idle_timeout_ms",
+    "http_max_connections",
+    "http_request_timeout_ms",
 ];
 
 /// Keys whose values are strings even when they look like numbers (a token `12345`).
@@ -415,5 +472,74 @@ mod tests {
             ("BOILERHOUSE_POOL_SIZE", "1"),
         ]));
         assert_eq!(unknown, vec!["BOILERHOUSE_POOL_SIZ".to_string()]);
+    }
+
+    #[test]
+    fn http_edge_defaults() {
+        let c = Config::from_vars(vec![]).unwrap();
+        assert_eq!(c.header_timeout(), Duration::from_secs(10));
+        assert_eq!(c.http_idle_timeout(), Duration::from_secs(60));
+        assert_eq!(c.http_max_connections, 4096);
+        // Unset: derived, never shorter than a claim that waits and restores.
+        assert_eq!(c.http_request_timeout_ms, None);
+        assert_eq!(
+            c.request_timeout(),
+            c.claim_timeout() + c.sync_timeout() + Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn http_edge_values_are_read_and_the_derived_timeout_follows_its_inputs() {
+        let c = Config::from_vars(vars(&[
+            ("BOILERHOUSE_HTTP_HEADER_TIMEOUT_MS", "1000"),
+            ("BOILERHOUSE_HTTP_IDLE_TIMEOUT_MS", "2000"),
+            ("BOILERHOUSE_HTTP_MAX_CONNECTIONS", "10"),
+        ]))
+        .unwrap();
+        assert_eq!(c.header_timeout(), Duration::from_secs(1));
+        assert_eq!(c.http_idle_timeout(), Duration::from_secs(2));
+        assert_eq!(c.http_max_connections, 10);
+        let c = Config::from_vars(vars(&[
+            ("BOILERHOUSE_CLAIM_TIMEOUT_MS", "1000"),
+            ("BOILERHOUSE_SYNC_TIMEOUT_MS", "2000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.request_timeout(), Duration::from_millis(33_000));
+        let c =
+            Config::from_vars(vars(&[("BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS", "1500")])).unwrap();
+        assert_eq!(c.request_timeout(), Duration::from_millis(1500));
+        assert!(
+            Config::unknown_vars(vars(&[("BOILERHOUSE_HTTP_MAX_CONNECTIONS", "1")])).is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_http_edge_values_name_the_variable_and_the_value() {
+        let err = Config::from_vars(vars(&[
+            ("BOILERHOUSE_HTTP_HEADER_TIMEOUT_MS", "10s"),
+            ("BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS", "-5"),
+        ]))
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("BOILERHOUSE_HTTP_HEADER_TIMEOUT_MS=\"10s\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS=\"-5\""),
+            "{msg}"
+        );
+        for var in [
+            "BOILERHOUSE_HTTP_MAX_CONNECTIONS",
+            "BOILERHOUSE_HTTP_IDLE_TIMEOUT_MS",
+            "BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS",
+        ] {
+            let err = Config::from_vars(vars(&[(var, "0")])).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("{var}=0: must be at least 1")),
+                "{err}"
+            );
+        }
     }
 }

@@ -104,9 +104,10 @@ pub fn write_secrets(
     secrets: &BTreeMap<String, String>,
     owner: Owner,
 ) -> std::io::Result<()> {
+    // A unique temp name per write: the rename is atomic, so a reader sees the old
+    // content or the new, never a partial file.
     for (name, value) in secrets {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let _ = fs::remove_file(&tmp);
+        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
@@ -55,6 +56,9 @@ type Ack = oneshot::Sender<Result<(), Arc<std::io::Error>>>;
 pub struct Ledger {
     tx: std_mpsc::Sender<(Entry, Ack)>,
     initial: Arc<(Vec<ClaimRecord>, Vec<String>)>,
+    /// The last write succeeded (or a probe since did): `/ready` reports it.
+    healthy: Arc<AtomicBool>,
+    data_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -80,7 +84,39 @@ impl Ledger {
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || writer(path, file, live, rx))?;
-        Ok(Self { tx, initial })
+        Ok(Self {
+            tx,
+            initial,
+            healthy: Arc::new(AtomicBool::new(true)),
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    /// Did the last write reach the disk?
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Tries a small durable write beside the log (a full or failing disk refuses
+    /// it); success marks the ledger healthy again, so `/ready` recovers once space
+    /// is back even while no claim is sent.
+    pub async fn probe(&self) -> std::io::Result<()> {
+        let path = self.data_dir.join(".ledger-probe");
+        let result = tokio::task::spawn_blocking(move || {
+            let written = (|| {
+                let mut f = File::create(&path)?;
+                f.write_all(&[b'\n'; 512])?;
+                f.sync_data()
+            })();
+            let _ = std::fs::remove_file(&path);
+            written
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        if result.is_ok() {
+            self.healthy.store(true, Ordering::Release);
+        }
+        result
     }
 
     async fn commit(&self, entry: Entry) -> std::io::Result<()> {
@@ -88,9 +124,12 @@ impl Ledger {
         self.tx
             .send((entry, ack))
             .map_err(|_| std::io::Error::other("the ledger writer has stopped"))?;
-        done.await
+        let result = done
+            .await
             .map_err(|_| std::io::Error::other("the ledger writer has stopped"))?
-            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
+        self.healthy.store(result.is_ok(), Ordering::Release);
+        result
     }
 
     /// Writes the record durably; returns once it is on disk.
@@ -181,12 +220,20 @@ fn writer(
             let _ = serde_json::to_writer(&mut buf, entry);
             buf.push(b'\n');
         }
+        let before = file.metadata().map(|m| m.len());
         let result = file.write_all(&buf).and_then(|()| file.sync_data());
         let result = result.map_err(Arc::new);
         if result.is_ok() {
             lines += batch.len();
         } else {
             tracing::error!(path = %path.display(), error = ?result, "claim ledger write failed");
+            // A full disk can take part of the batch: cut the torn line off, or the
+            // next record appended would be joined to it and unreadable at replay.
+            if let Ok(len) = before {
+                if let Err(e) = file.set_len(len).and_then(|()| file.sync_data()) {
+                    tracing::error!(path = %path.display(), error = %e, "cannot cut a torn write off the claim ledger");
+                }
+            }
         }
         for (entry, ack) in batch {
             if result.is_ok() {

@@ -7,11 +7,13 @@
 pub mod activity;
 pub mod api;
 pub mod config;
+pub mod edge;
 pub mod fsutil;
 pub mod ledger;
 pub mod manager;
 pub mod metrics;
 pub mod pool;
+pub mod preflight;
 pub mod runtime;
 pub mod startup;
 pub mod sync;

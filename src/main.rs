@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use boilerhouse::config::Config;
-use boilerhouse::{startup, workload};
+use boilerhouse::{preflight, startup, workload};
 
 const USAGE: &str = "usage: boilerhouse [serve]           run the daemon (configured by BOILERHOUSE_* variables)
        boilerhouse validate [DIR]   check the workload files in DIR (default: BOILERHOUSE_WORKLOADS_DIR or ./workloads)";
@@ -95,12 +95,52 @@ fn validate(dir: Option<PathBuf>) -> ExitCode {
                 );
             }
             println!("{} workload(s) valid", list.len());
-            ExitCode::SUCCESS
+            preflight(&list)
         }
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{} error(s) in {}", errors.0.len(), dir.display());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The daemon's start-up checks of the sync workloads (rclone and the state dir, as
+/// each workload's user), with the same sentences.
+fn preflight(workloads: &[workload::Workload]) -> ExitCode {
+    if workloads.iter().all(|w| w.sync.is_none()) {
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("cannot start the async runtime: {e}"))
+        .map(|rt| rt.block_on(preflight::check(&config, workloads)));
+    match checked {
+        Ok(Ok(passed)) => {
+            for p in passed {
+                println!(
+                    "ok  {:<20} {} runs as uid {} (gid {}) and enters BOILERHOUSE_STATE_DIR={}",
+                    p.workload,
+                    p.version,
+                    p.uid,
+                    p.gid,
+                    config.state_dir.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(errors)) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+        Err(()) => ExitCode::FAILURE,
     }
 }

@@ -119,6 +119,10 @@ impl ContainerManager {
         self.pools.get(id)
     }
 
+    pub fn ledger(&self) -> &Ledger {
+        &self.ctx.ledger
+    }
+
     pub fn sync_engine(&self) -> &SyncEngine {
         &self.ctx.sync
     }
@@ -162,17 +166,15 @@ impl ContainerManager {
             .collect()
     }
 
+    /// Claims in `pool`; the pool writes `secrets` before the claim is answered.
     pub async fn claim(
         &self,
         pool: &PoolHandle,
-        request: ClaimRequest,
+        mut request: ClaimRequest,
         secrets: Option<BTreeMap<String, String>>,
     ) -> Result<ClaimGrant, PoolError> {
-        let grant = pool.claim(request).await?;
-        if let Some(secrets) = secrets {
-            pool::write_secrets(&grant, secrets).await?;
-        }
-        Ok(grant)
+        request.secrets = secrets;
+        pool.claim(request).await
     }
 
     pub async fn release(

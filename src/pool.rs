@@ -24,14 +24,35 @@ use crate::activity::{ActivityLog, Event};
 use crate::config::Config;
 use crate::fsutil::{self, Owner};
 use crate::ledger::{ClaimRecord, Ledger};
+use crate::runtime::docker::probe_summary;
 use crate::runtime::spec::{spec_hash, ContainerDirs};
-use crate::runtime::{ContainerSpec, EventKind, Runtime, RuntimeEvent};
+use crate::runtime::{
+    ContainerReport, ContainerSpec, EngineHealth, EventKind, ProbeTimings, Readiness, Runtime,
+    RuntimeEvent,
+};
 use crate::sync::{ClaimSync, SyncEngine, SyncError, SyncOp, SyncStatus, TransferResult};
 use crate::tenant::TenantId;
-use crate::workload::{Recycle, SyncSpec, Workload};
+use crate::workload::{ready_deadline, Recycle, SyncSpec, Workload};
 
-/// Containers one pool creates at once.
+/// Most create calls one pool has in flight at once; the pool adapts below it.
 const CREATE_CONCURRENCY: usize = 24;
+/// Create calls in flight a new pool starts with, before it has seen how the node copes.
+const INITIAL_CREATE_CONCURRENCY: usize = 8;
+/// How long a creation watches a new container itself before handing it to the
+/// engine's health events (a container without healthcheck is ready once running).
+const FIRST_LOOK: Duration = Duration::from_millis(500);
+/// How often a starting container is inspected in case a health event was missed.
+const STARTING_CHECK: Duration = Duration::from_secs(5);
+/// Probe time-outs within this window mark the pool as under load.
+const PRESSURE_WINDOW: Duration = Duration::from_secs(60);
+/// Probe time-outs within [`PRESSURE_WINDOW`] from which the node counts as overloaded.
+const PRESSURE_TIMEOUTS: usize = 3;
+/// Deadline extensions a container whose probes only time out gets under load.
+const MAX_EXTENSIONS: u8 = 3;
+/// How long a container must stay idle before creation failures are forgiven.
+const STABLE: Duration = Duration::from_secs(10);
+/// Lines of a failed container's output quoted in `lastError`.
+const LOG_LINES: usize = 10;
 /// How often the actor looks at deadlines, inactivity and refills.
 const TICK: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -100,6 +121,9 @@ pub enum PoolError {
     ContainerClaimed(String, String),
     #[error("{0}")]
     Invalid(String),
+    /// The claim record could not be written: the claim was not made.
+    #[error("{0}")]
+    Ledger(String),
     #[error("{0}")]
     Internal(String),
     #[error("the pool is shutting down")]
@@ -126,12 +150,65 @@ pub struct ClaimGrant {
     pub owner: Owner,
 }
 
+/// A claim's secrets: file name → content, written under the container's secrets dir.
+pub type Secrets = BTreeMap<String, String>;
+
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
     pub tenant: TenantId,
     /// How long the claim may queue when the pool is at capacity (0 = fail fast).
     pub queue_wait: Duration,
     pub metadata: Option<serde_json::Value>,
+    /// Written before this request is answered; None leaves the files as they are.
+    pub secrets: Option<Secrets>,
+}
+
+/// One caller waiting for a claim's answer, with the secrets it asked for.
+struct Asker {
+    reply: Reply<ClaimGrant>,
+    secrets: Option<Secrets>,
+}
+
+impl Asker {
+    fn answer(self, result: Result<ClaimGrant, PoolError>) {
+        let _ = self.reply.send(result);
+    }
+    fn is_closed(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// Serializes the writes of one claim's secrets, and closes when the claim is
+/// released, so a write that was still queued can never land in a container that
+/// has been wiped for the next tenant.
+#[derive(Clone)]
+struct SecretsGate(Arc<tokio::sync::Mutex<bool>>);
+
+impl SecretsGate {
+    fn new() -> Self {
+        Self(Arc::new(tokio::sync::Mutex::new(true)))
+    }
+
+    async fn write(&self, dir: &Path, secrets: Secrets, owner: Owner) -> Result<(), PoolError> {
+        let open = self.0.lock().await;
+        if !*open {
+            return Err(PoolError::Busy(
+                "the claim was released while its secrets were being written".into(),
+            ));
+        }
+        let target = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || fsutil::write_secrets(&target, &secrets, owner))
+            .await
+            .map_err(|e| PoolError::Internal(e.to_string()))?
+            .map_err(|e| {
+                PoolError::Internal(format!("cannot write secrets into {}: {e}", dir.display()))
+            })
+    }
+
+    /// Waits for writes in flight, then refuses any later one.
+    async fn close(&self) {
+        *self.0.lock().await = false;
+    }
 }
 
 /// Handle to a claim for a manual sync: its serializing sync cell and its dirs.
@@ -165,6 +242,27 @@ pub struct PoolView {
     pub starting_count: usize,
     pub status: &'static str,
     pub last_error: Option<LastError>,
+    /// Each starting container: since when, and by when it must be ready.
+    pub starting: Vec<StartingView>,
+    /// How long a new container may take to become ready (from the healthcheck, or
+    /// `pool.ready_timeout`).
+    pub ready_timeout_ms: u64,
+    /// Create calls the pool allows in flight now (it backs off under load).
+    pub create_concurrency: usize,
+    /// Health probes that timed out in the last minute (a sign of an overloaded node).
+    pub probe_timeouts: usize,
+    /// A sentence for the operator when the pool is held back by something.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartingView {
+    pub container_id: String,
+    pub since: DateTime<Utc>,
+    /// None while the engine is still creating it.
+    pub ready_by: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -178,6 +276,12 @@ pub struct ContainerView {
     pub image: String,
     pub created_at: DateTime<Utc>,
     pub last_activity_at: DateTime<Utc>,
+    /// Starting containers: since when they have been starting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starting_since: Option<DateTime<Utc>>,
+    /// Starting containers: the time by which they must be ready or are given up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_by: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -260,7 +364,12 @@ enum Msg {
     // Reports from the actor's own tasks.
     Created {
         container_id: String,
-        result: Result<String, String>,
+        result: Result<(String, Readiness), String>,
+    },
+    Inspected {
+        container_id: String,
+        cause: Look,
+        report: Result<ContainerReport, String>,
     },
     Prepared {
         tenant: TenantId,
@@ -286,6 +395,21 @@ enum Recycled {
     Removing,
     /// Wiped (and restarted) and ready for the next tenant.
     Idle,
+    /// Restarted and wiped; its healthcheck has not passed yet.
+    Starting(Option<ProbeTimings>),
+}
+
+/// Why the actor inspects a container that is starting or idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// A periodic look, in case a health event was missed.
+    Check,
+    /// Its readiness deadline passed.
+    Deadline,
+    /// The engine says it exited or was OOM-killed.
+    Died,
+    /// The engine says its healthcheck failed.
+    Unhealthy,
 }
 
 #[derive(Clone)]
@@ -384,6 +508,44 @@ struct Entry {
     idle_since: Instant,
     /// Destroy asked while it was starting: remove once created.
     cancelled: bool,
+    /// Its create call is in flight.
+    creating: bool,
+    /// Starting: since when, and (once created) the deadline for readiness.
+    starting_since: DateTime<Utc>,
+    ready_by: Option<(Instant, DateTime<Utc>)>,
+    /// Starting: when to inspect it next in case a health event was missed.
+    next_check: Instant,
+    /// An inspection of it is in flight.
+    inspecting: bool,
+    /// A health event that arrived while its create call was still in flight.
+    early: Option<EventKind>,
+    /// It has been ready before (held back since, e.g. after a probe time-out).
+    was_ready: bool,
+    /// Times its deadline was extended because the node was overloaded.
+    extensions: u8,
+}
+
+impl Entry {
+    fn new(info: ContainerInfo, status: Status, health: &str, created_at: DateTime<Utc>) -> Self {
+        let now = Instant::now();
+        Self {
+            info,
+            status,
+            health: health.to_owned(),
+            created_at,
+            last_activity_at: Utc::now(),
+            idle_since: now,
+            cancelled: false,
+            creating: false,
+            starting_since: Utc::now(),
+            ready_by: None,
+            next_check: now,
+            inspecting: false,
+            early: None,
+            was_ready: status != Status::Starting,
+            extensions: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,16 +566,18 @@ struct Claim {
     periodic: Option<JoinHandle<()>>,
     health: String,
     /// Callers waiting for the claim being provisioned; the first is the original.
-    waiters: Vec<Reply<ClaimGrant>>,
+    waiters: Vec<Asker>,
     /// Claims that arrived while the tenant was being released.
     after_release: Vec<(ClaimRequest, Reply<ClaimGrant>)>,
+    secrets: SecretsGate,
     checking_activity: bool,
     auto_retry_at: Option<Instant>,
     auto_backoff: Duration,
 }
 
 struct Waiting {
-    replies: Vec<Reply<ClaimGrant>>,
+    replies: Vec<Asker>,
+    since: Instant,
     deadline: Instant,
     metadata: Option<serde_json::Value>,
     /// The claim was allowed to queue at capacity (waitMs > 0).
@@ -432,7 +596,15 @@ struct Pool {
     claims: HashMap<TenantId, Claim>,
     queue: VecDeque<TenantId>,
     waiting: HashMap<TenantId, Waiting>,
-    starting: usize,
+    /// Create calls in flight.
+    creating: usize,
+    /// Create calls allowed in flight: grows as containers become ready, halves when
+    /// they fail to or their probes time out (additive increase, multiplicative decrease).
+    create_limit: usize,
+    /// The healthcheck timings containers of this pool run with (learned from the
+    /// first one the engine reports on, which includes an image's own healthcheck).
+    timings: Option<ProbeTimings>,
+    probe_timeouts: VecDeque<Instant>,
     failures: u32,
     next_create_at: Instant,
     last_error: Option<LastError>,
@@ -451,7 +623,7 @@ pub fn spawn(ctx: Arc<PoolContext>, workload: Arc<Workload>, adopted: Vec<Adopte
         .max_size
         .unwrap_or(config.max_containers)
         .max(1);
-    let owner = workload.user.map(|u| (u.uid, u.group()));
+    let owner = workload.owner();
     let mut pool = Pool {
         spec_hash: spec_hash(&workload, config),
         ctx: ctx.clone(),
@@ -464,7 +636,10 @@ pub fn spawn(ctx: Arc<PoolContext>, workload: Arc<Workload>, adopted: Vec<Adopte
         claims: HashMap::new(),
         queue: VecDeque::new(),
         waiting: HashMap::new(),
-        starting: 0,
+        creating: 0,
+        create_limit: INITIAL_CREATE_CONCURRENCY,
+        timings: workload.healthcheck.as_ref().and_then(|h| h.timings()),
+        probe_timeouts: VecDeque::new(),
         failures: 0,
         next_create_at: Instant::now(),
         last_error: None,
@@ -480,6 +655,29 @@ pub fn spawn(ctx: Arc<PoolContext>, workload: Arc<Workload>, adopted: Vec<Adopte
 fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(10);
     (Duration::from_millis(500) * 2u32.pow(exp)).min(MAX_BACKOFF)
+}
+
+impl Waiting {
+    fn waited(&self) -> Duration {
+        self.since.elapsed()
+    }
+}
+
+/// `; its last output: "..."` for an error message.
+fn output_tail(log: Option<&Result<String, String>>) -> String {
+    match log {
+        Some(Err(e)) => format!("; its output could not be read: {e}"),
+        Some(Ok(l)) if !l.trim().is_empty() => {
+            let lines: Vec<&str> = l.trim().lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_LINES)..].join(" | ");
+            let mut short: String = tail.chars().take(600).collect();
+            if short.len() < tail.len() {
+                short.push('…');
+            }
+            format!("; its last output: {short:?}")
+        }
+        _ => "; it wrote no output".into(),
+    }
 }
 
 impl Pool {
@@ -535,6 +733,7 @@ impl Pool {
                         health: health.clone(),
                         waiters: Vec::new(),
                         after_release: Vec::new(),
+                        secrets: SecretsGate::new(),
                         checking_activity: false,
                         auto_retry_at: None,
                         auto_backoff: Duration::ZERO,
@@ -545,15 +744,7 @@ impl Pool {
             }
             self.containers.insert(
                 a.container_id,
-                Entry {
-                    info,
-                    status,
-                    health,
-                    created_at: a.created_at,
-                    last_activity_at: now,
-                    idle_since: Instant::now(),
-                    cancelled: false,
-                },
+                Entry::new(info, status, &health, a.created_at),
             );
         }
         let tenants: Vec<TenantId> = self.claims.keys().cloned().collect();
@@ -619,6 +810,11 @@ impl Pool {
                 container_id,
                 result,
             } => self.on_created(container_id, result),
+            Msg::Inspected {
+                container_id,
+                cause,
+                report,
+            } => self.on_inspected(container_id, cause, report),
             Msg::Prepared { tenant, result } => self.on_prepared(tenant, result),
             Msg::Released {
                 tenant,
@@ -653,31 +849,44 @@ impl Pool {
             match claim.state {
                 ClaimState::Warm => {
                     claim.last_activity = Utc::now();
+                    let gate = claim.secrets.clone();
                     let grant = self.grant(&req.tenant, true);
-                    let _ = reply.send(grant);
+                    let asker = Asker {
+                        reply,
+                        secrets: req.secrets,
+                    };
+                    answer_after_secrets(asker, grant, gate);
                 }
-                ClaimState::Provisioning => claim.waiters.push(reply),
+                ClaimState::Provisioning => claim.waiters.push(Asker {
+                    reply,
+                    secrets: req.secrets,
+                }),
                 ClaimState::Releasing => claim.after_release.push((req, reply)),
             }
             return;
         }
+        let asker = Asker {
+            reply,
+            secrets: req.secrets,
+        };
         if let Some(w) = self.waiting.get_mut(&req.tenant) {
-            w.replies.push(reply);
+            w.replies.push(asker);
             return;
         }
         if let Some(container_id) = self.idle.pop_front() {
-            self.start_provisioning(req.tenant, container_id, vec![reply], req.metadata, false);
+            self.start_provisioning(req.tenant, container_id, vec![asker], req.metadata, false);
             self.refill();
             return;
         }
         let can_create = self.can_create();
-        if !can_create && self.failures > 0 && self.starting == 0 {
-            let _ = reply.send(Err(self.unavailable()));
+        let starting = self.starting_count();
+        if !can_create && self.failures > 0 && starting == 0 {
+            asker.answer(Err(self.unavailable()));
             return;
         }
-        let covered = self.starting > self.queue.len();
+        let covered = starting > self.queue.len();
         if !can_create && !covered && req.queue_wait.is_zero() {
-            let _ = reply.send(Err(self.exhausted(req.queue_wait)));
+            asker.answer(Err(self.exhausted(req.queue_wait)));
             return;
         }
         let at_capacity = !can_create && !covered;
@@ -690,7 +899,8 @@ impl Pool {
         self.waiting.insert(
             req.tenant,
             Waiting {
-                replies: vec![reply],
+                replies: vec![asker],
+                since: Instant::now(),
                 deadline: Instant::now() + wait,
                 metadata: req.metadata,
                 queued_at_capacity: at_capacity,
@@ -727,6 +937,38 @@ impl Pool {
         ))
     }
 
+    /// A cold claim's wait ran out while containers were still starting.
+    fn not_ready_yet(&self, waited: Duration) -> PoolError {
+        let starting = self.starting_count();
+        let next = self
+            .containers
+            .values()
+            .filter_map(|e| e.ready_by.map(|(_, wall)| wall))
+            .min();
+        let probe = self
+            .first_probe()
+            .map(|d| {
+                format!(
+                    "; its healthcheck first probes {} after start",
+                    humantime::format_duration(d)
+                )
+            })
+            .unwrap_or_default();
+        let by = next
+            .map(|t| {
+                format!(
+                    ", the first must be ready by {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+            .unwrap_or_default();
+        PoolError::Exhausted(format!(
+            "pool {} had no ready container within the claim's wait of {} ms: {starting} container(s) still starting{by}{probe}; retry shortly",
+            self.id(),
+            waited.as_millis()
+        ))
+    }
+
     /// Hands idle containers to the queue, oldest claim first.
     fn serve_queue(&mut self) {
         while !self.idle.is_empty() {
@@ -750,7 +992,7 @@ impl Pool {
         &mut self,
         tenant: TenantId,
         container_id: String,
-        waiters: Vec<Reply<ClaimGrant>>,
+        mut waiters: Vec<Asker>,
         metadata: Option<serde_json::Value>,
         cold: bool,
     ) {
@@ -763,6 +1005,10 @@ impl Pool {
         entry.last_activity_at = now;
         let info = entry.info.clone();
         let sync = ClaimSync::new();
+        let gate = SecretsGate::new();
+        // The first caller's secrets are part of making the claim; later callers'
+        // are written before each of them is answered.
+        let secrets = waiters.first_mut().and_then(|w| w.secrets.take());
         let record = ClaimRecord {
             tenant_id: tenant.to_string(),
             pool_id,
@@ -784,6 +1030,7 @@ impl Pool {
                 health: entry.health.clone(),
                 waiters,
                 after_release: Vec::new(),
+                secrets: gate.clone(),
                 checking_activity: false,
                 auto_retry_at: None,
                 auto_backoff: Duration::ZERO,
@@ -793,8 +1040,10 @@ impl Pool {
         let workload = self.workload.clone();
         let owner = self.owner;
         self.spawn_report(async move {
-            let result =
-                prepare_claim(&ctx, &workload, &tenant, &info, &sync, owner, &record).await;
+            let result = prepare_claim(
+                &ctx, &workload, &tenant, &info, &sync, &gate, secrets, owner, &record,
+            )
+            .await;
             Msg::Prepared { tenant, result }
         });
     }
@@ -826,8 +1075,9 @@ impl Pool {
                 // Inactivity counts from when the tenant could first use the container.
                 claim.last_activity = Utc::now();
                 let container_id = claim.container_id.clone();
+                let gate = claim.secrets.clone();
                 for (i, w) in waiters.into_iter().enumerate() {
-                    let _ = w.send(self.grant(&tenant, i > 0));
+                    answer_after_secrets(w, self.grant(&tenant, i > 0), gate.clone());
                 }
                 self.start_periodic(&tenant);
                 self.record(
@@ -840,7 +1090,7 @@ impl Pool {
                 let container_id = claim.container_id.clone();
                 self.claims.remove(&tenant);
                 for w in waiters {
-                    let _ = w.send(Err(e.clone()));
+                    w.answer(Err(e.clone()));
                 }
                 // Half-restored state must never reach another tenant: remove it.
                 tracing::warn!(pool = %self.workload.id, tenant = %tenant, error = %e, "claim failed; recycling its container");
@@ -937,6 +1187,7 @@ impl Pool {
             p.abort();
         }
         let claim_sync = claim.sync.clone();
+        let gate = claim.secrets.clone();
         let Some(entry) = self.containers.get_mut(&claim.container_id) else {
             return;
         };
@@ -946,8 +1197,17 @@ impl Pool {
         let workload = self.workload.clone();
         let owner = self.owner;
         self.spawn_report(async move {
-            let outcome =
-                release_claim(&ctx, &workload, &tenant, &info, &claim_sync, sync, owner).await;
+            let outcome = release_claim(
+                &ctx,
+                &workload,
+                &tenant,
+                &info,
+                &claim_sync,
+                &gate,
+                sync,
+                owner,
+            )
+            .await;
             Msg::Released {
                 tenant,
                 outcome,
@@ -999,6 +1259,10 @@ impl Pool {
                             self.idle.push_back(container_id.clone());
                         }
                     }
+                    Recycled::Starting(timings) => {
+                        self.timings = timings.or(self.timings);
+                        self.await_health(&container_id, Instant::now());
+                    }
                 }
                 self.record(
                     Event::new("container.released", self.id())
@@ -1032,14 +1296,22 @@ impl Pool {
 
     // ----- containers ---------------------------------------------------------
 
+    fn starting_count(&self) -> usize {
+        self.containers
+            .values()
+            .filter(|e| e.status == Status::Starting)
+            .count()
+    }
+
     fn refill(&mut self) {
         if self.stopping {
             return;
         }
         let waiting = self.queue.len();
-        let want = (self.min_size + waiting).saturating_sub(self.idle.len() + self.starting);
+        let want =
+            (self.min_size + waiting).saturating_sub(self.idle.len() + self.starting_count());
         let room = self.max_size.saturating_sub(self.containers.len());
-        let slots = CREATE_CONCURRENCY.saturating_sub(self.starting);
+        let slots = self.create_limit.saturating_sub(self.creating);
         let n = want.min(room).min(slots);
         if n == 0 || Instant::now() < self.next_create_at {
             return;
@@ -1061,19 +1333,10 @@ impl Pool {
             docker_id: None,
         };
         let now = Utc::now();
-        self.containers.insert(
-            container_id.clone(),
-            Entry {
-                info: info.clone(),
-                status: Status::Starting,
-                health: "starting".into(),
-                created_at: now,
-                last_activity_at: now,
-                idle_since: Instant::now(),
-                cancelled: false,
-            },
-        );
-        self.starting += 1;
+        let mut entry = Entry::new(info.clone(), Status::Starting, "starting", now);
+        entry.creating = true;
+        self.containers.insert(container_id.clone(), entry);
+        self.creating += 1;
         let ctx = self.ctx.clone();
         let workload = self.workload.clone();
         let hash = self.spec_hash.clone();
@@ -1089,52 +1352,309 @@ impl Pool {
         });
     }
 
-    fn on_created(&mut self, container_id: String, result: Result<String, String>) {
-        self.starting = self.starting.saturating_sub(1);
+    /// How long a container with these timings may take to become ready.
+    fn ready_timeout(&self) -> Duration {
+        ready_deadline(
+            self.timings.as_ref(),
+            self.workload.pool.ready_timeout,
+            self.ctx.config.claim_timeout().max(Duration::from_secs(5)),
+        )
+    }
+
+    /// When the engine first probes a new container of this pool.
+    fn first_probe(&self) -> Option<Duration> {
+        let newer = self.ctx.runtime.supports_start_interval();
+        self.timings.map(|t| t.first_probe(newer))
+    }
+
+    fn on_created(&mut self, container_id: String, result: Result<(String, Readiness), String>) {
+        self.creating = self.creating.saturating_sub(1);
         match result {
-            Ok(docker_id) => {
-                self.failures = 0;
+            Ok((docker_id, readiness)) => {
                 let Some(entry) = self.containers.get_mut(&container_id) else {
                     return;
                 };
                 entry.info.docker_id = Some(docker_id);
+                entry.creating = false;
                 if entry.cancelled || self.stopping {
                     if !self.stopping {
                         self.remove_container(&container_id);
                     }
                     return;
                 }
-                entry.status = Status::Idle;
-                entry.health = "healthy".into();
-                entry.idle_since = Instant::now();
-                self.idle.push_back(container_id.clone());
-                self.record(Event::new("container.created", self.id()).container(&container_id));
-                self.serve_queue();
-            }
-            Err(message) => {
-                self.containers.remove(&container_id);
-                self.ctx.capacity.release();
-                self.failures += 1;
-                self.next_create_at = Instant::now() + backoff(self.failures);
-                tracing::warn!(pool = %self.workload.id, failures = self.failures, error = %message, "container creation failed");
-                self.last_error = Some(LastError {
-                    message: message.clone(),
-                    timestamp: Utc::now(),
-                });
-                self.record(Event::new("pool.error", self.id()).message(message));
-                if self.starting == 0 {
-                    let err = self.unavailable();
-                    for tenant in std::mem::take(&mut self.queue) {
-                        if let Some(w) = self.waiting.remove(&tenant) {
-                            for r in w.replies {
-                                let _ = r.send(Err(err.clone()));
+                let early = entry.early.take();
+                let started = self
+                    .containers
+                    .get(&container_id)
+                    .map(|e| e.starting_since)
+                    .unwrap_or_else(Utc::now);
+                match readiness {
+                    Readiness::Ready => self.mark_ready(&container_id),
+                    Readiness::Starting(timings) => {
+                        self.timings = timings.or(self.timings);
+                        let elapsed = (Utc::now() - started).to_std().unwrap_or_default();
+                        let since = Instant::now()
+                            .checked_sub(elapsed)
+                            .unwrap_or_else(Instant::now);
+                        self.await_health(&container_id, since);
+                        match early {
+                            Some(EventKind::Healthy) => self.mark_ready(&container_id),
+                            Some(EventKind::Unhealthy) => {
+                                self.inspect(&container_id, Look::Unhealthy)
                             }
+                            Some(EventKind::Died { .. } | EventKind::Oom) => {
+                                self.inspect(&container_id, Look::Died)
+                            }
+                            None => {}
                         }
                     }
                 }
             }
+            Err(message) => {
+                self.containers.remove(&container_id);
+                self.ctx.capacity.release();
+                self.creation_failed(message);
+            }
         }
         self.refill();
+    }
+
+    /// Puts a created (or restarted) container in `Starting` until its healthcheck
+    /// passes, with its readiness deadline counted from `since`.
+    fn await_health(&mut self, container_id: &str, since: Instant) {
+        let timeout = self.ready_timeout();
+        let first = self.first_probe().unwrap_or(STARTING_CHECK);
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return;
+        };
+        if entry.status != Status::Starting {
+            entry.status = Status::Starting;
+            entry.health = "starting".into();
+            entry.starting_since = Utc::now();
+        }
+        let deadline = since + timeout;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wall = Utc::now() + chrono::Duration::from_std(left).unwrap_or_default();
+        entry.ready_by = Some((deadline, wall));
+        // Look first just after the first probe is due, then every few seconds.
+        entry.next_check = since + first + Duration::from_secs(1);
+    }
+
+    /// A starting container passed its healthcheck: it joins the idle set.
+    fn mark_ready(&mut self, container_id: &str) {
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return;
+        };
+        if entry.status != Status::Starting || entry.creating {
+            return;
+        }
+        entry.status = Status::Idle;
+        entry.health = "healthy".into();
+        entry.idle_since = Instant::now();
+        entry.ready_by = None;
+        let again = std::mem::replace(&mut entry.was_ready, true);
+        self.idle.push_back(container_id.to_owned());
+        self.create_limit = (self.create_limit + 1).min(CREATE_CONCURRENCY);
+        let kind = if again {
+            "container.healthy"
+        } else {
+            "container.created"
+        };
+        self.record(Event::new(kind, self.id()).container(container_id));
+        self.serve_queue();
+    }
+
+    /// Something went wrong creating a container: back off, say why, and fail the
+    /// claims that were waiting for it when nothing else is on its way.
+    fn creation_failed(&mut self, message: String) {
+        self.failures += 1;
+        self.next_create_at = Instant::now() + backoff(self.failures);
+        tracing::warn!(pool = %self.workload.id, failures = self.failures, error = %message, "container creation failed");
+        self.last_error = Some(LastError {
+            message: message.clone(),
+            timestamp: Utc::now(),
+        });
+        self.record(Event::new("pool.error", self.id()).message(message));
+        if self.starting_count() == 0 && self.creating == 0 {
+            let err = self.unavailable();
+            for tenant in std::mem::take(&mut self.queue) {
+                if let Some(w) = self.waiting.remove(&tenant) {
+                    for r in w.replies {
+                        r.answer(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Inspects a starting or idle container in the background; `on_inspected` decides.
+    fn inspect(&mut self, container_id: &str, cause: Look) {
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return;
+        };
+        let Some(docker_id) = entry.info.docker_id.clone() else {
+            return;
+        };
+        if entry.inspecting || entry.creating || entry.status == Status::Removing {
+            return;
+        }
+        entry.inspecting = true;
+        if entry.status == Status::Idle {
+            // No claim may take it while the engine is asked what is wrong with it.
+            self.idle.retain(|c| c != container_id);
+            entry.status = Status::Starting;
+            entry.starting_since = Utc::now();
+        }
+        let runtime = self.ctx.runtime.clone();
+        let container_id = container_id.to_owned();
+        self.spawn_report(async move {
+            let report = runtime
+                .report(&docker_id, LOG_LINES)
+                .await
+                .map_err(|e| e.to_string());
+            Msg::Inspected {
+                container_id,
+                cause,
+                report,
+            }
+        });
+    }
+
+    fn on_inspected(
+        &mut self,
+        container_id: String,
+        cause: Look,
+        report: Result<ContainerReport, String>,
+    ) {
+        let timeout = self.ready_timeout();
+        let first_probe = self.first_probe();
+        let Some(entry) = self.containers.get_mut(&container_id) else {
+            return;
+        };
+        entry.inspecting = false;
+        if entry.status != Status::Starting {
+            return;
+        }
+        let name = entry.info.name.clone();
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                // The engine could not say: try again at the next check.
+                entry.next_check = Instant::now() + STARTING_CHECK;
+                if cause == Look::Deadline || cause == Look::Died {
+                    self.give_up(
+                        &container_id,
+                        format!("container {name} cannot be inspected: {e}"),
+                    );
+                }
+                return;
+            }
+        };
+        let probe = report
+            .last_probe
+            .as_ref()
+            .map(|p| format!("; last probe: {}", probe_summary(p)))
+            .unwrap_or_default();
+        if !report.running {
+            let message = format!(
+                "container {name} exited before it was claimed ({}){}",
+                report.detail,
+                output_tail(report.log_tail.as_ref())
+            );
+            self.give_up(&container_id, message);
+            return;
+        }
+        match report.health {
+            EngineHealth::Healthy | EngineHealth::None => self.mark_ready(&container_id),
+            EngineHealth::Unhealthy => {
+                if report.last_probe.as_ref().is_some_and(|p| p.timed_out) {
+                    // A probe that timed out says more about the node than the image:
+                    // keep the container (the engine goes on probing and it may pass
+                    // again) until its deadline, and create more slowly.
+                    if cause == Look::Unhealthy {
+                        self.probe_timed_out();
+                    }
+                    if let Some(entry) = self.containers.get_mut(&container_id) {
+                        entry.health = "unhealthy (probe timed out)".into();
+                        entry.next_check = Instant::now() + STARTING_CHECK;
+                    }
+                    if cause != Look::Deadline || self.extend_under_pressure(&container_id) {
+                        return;
+                    }
+                }
+                self.give_up(
+                    &container_id,
+                    format!("container {name} turned unhealthy{probe}"),
+                );
+            }
+            EngineHealth::Starting => {
+                let timed_out = report.last_probe.as_ref().is_some_and(|p| p.timed_out);
+                if cause == Look::Deadline && timed_out && self.extend_under_pressure(&container_id)
+                {
+                    return;
+                }
+                if cause == Look::Deadline {
+                    let why = match (&report.last_probe, first_probe) {
+                        (Some(_), _) => format!("its healthcheck has not passed yet{probe}"),
+                        (None, Some(first)) => format!(
+                            "no health probe has run yet (its healthcheck first probes {} after start)",
+                            humantime::format_duration(first)
+                        ),
+                        (None, None) => "its healthcheck has not reported yet".into(),
+                    };
+                    self.give_up(
+                        &container_id,
+                        format!(
+                            "container {name} did not become ready within {}: {why}",
+                            humantime::format_duration(timeout)
+                        ),
+                    );
+                } else if let Some(entry) = self.containers.get_mut(&container_id) {
+                    entry.next_check = Instant::now() + STARTING_CHECK;
+                }
+            }
+        }
+    }
+
+    /// A container whose probes only time out while the node is overloaded (several
+    /// time-outs across the pool in the last minute) gets its deadline again, up to
+    /// [`MAX_EXTENSIONS`] times: replacing it would add the load of a new container
+    /// to a node already too slow to run its probes.
+    fn extend_under_pressure(&mut self, container_id: &str) -> bool {
+        if self.recent_probe_timeouts() < PRESSURE_TIMEOUTS {
+            return false;
+        }
+        let timeout = self.ready_timeout();
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return false;
+        };
+        if entry.extensions >= MAX_EXTENSIONS {
+            return false;
+        }
+        entry.extensions += 1;
+        let wall = Utc::now() + chrono::Duration::from_std(timeout).unwrap_or_default();
+        entry.ready_by = Some((Instant::now() + timeout, wall));
+        true
+    }
+
+    /// A starting container failed for good: remove it and count the failure.
+    fn give_up(&mut self, container_id: &str, message: String) {
+        self.create_limit = (self.create_limit / 2).max(1);
+        self.remove_container(container_id);
+        self.creation_failed(message);
+    }
+
+    fn probe_timed_out(&mut self) {
+        let now = Instant::now();
+        self.probe_timeouts.push_back(now);
+        self.create_limit = (self.create_limit / 2).max(1);
+    }
+
+    fn recent_probe_timeouts(&self) -> usize {
+        self.probe_timeouts
+            .iter()
+            .filter(|t| t.elapsed() < PRESSURE_WINDOW)
+            .count()
     }
 
     /// Takes the container out of service and removes it in the background.
@@ -1195,7 +1715,7 @@ impl Pool {
                         p.abort();
                     }
                     for w in claim.waiters {
-                        let _ = w.send(Err(PoolError::Busy("the container was destroyed".into())));
+                        w.answer(Err(PoolError::Busy("the container was destroyed".into())));
                     }
                 }
                 let ledger = self.ctx.ledger.clone();
@@ -1232,14 +1752,35 @@ impl Pool {
             EventKind::Healthy => "healthy".to_owned(),
         };
         match entry.status {
+            // Its create call has not reported yet: act once it has (a failure wins
+            // over a later "healthy").
+            Status::Starting
+                if entry.creating
+                    && (entry.early.is_none() || event.kind != EventKind::Healthy) =>
+            {
+                entry.early = Some(event.kind);
+            }
+            Status::Starting if entry.creating => {}
+            Status::Starting => match event.kind {
+                EventKind::Healthy => self.mark_ready(&event.container_id),
+                EventKind::Unhealthy => self.inspect(&event.container_id, Look::Unhealthy),
+                EventKind::Died { .. } | EventKind::Oom => {
+                    self.inspect(&event.container_id, Look::Died)
+                }
+            },
             Status::Idle if event.kind != EventKind::Healthy => {
-                tracing::warn!(pool = %self.workload.id, container = %event.container_id, health, "idle container failed; replacing it");
+                tracing::warn!(pool = %self.workload.id, container = %event.container_id, health, "idle container failed");
                 self.record(
                     Event::new("container.unhealthy", self.id())
                         .container(&event.container_id)
                         .message(health),
                 );
-                self.remove_container(&event.container_id);
+                let look = if event.kind == EventKind::Unhealthy {
+                    Look::Unhealthy
+                } else {
+                    Look::Died
+                };
+                self.inspect(&event.container_id, look);
                 self.refill();
             }
             Status::Claimed | Status::Releasing => {
@@ -1273,6 +1814,40 @@ impl Pool {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        // Starting containers past their deadline, or due for a look.
+        let due: Vec<(String, Look)> = self
+            .containers
+            .iter()
+            .filter(|(_, e)| e.status == Status::Starting && !e.creating && !e.inspecting)
+            .filter_map(|(id, e)| match e.ready_by {
+                Some((deadline, _)) if deadline <= now => Some((id.clone(), Look::Deadline)),
+                _ if e.next_check <= now && e.info.docker_id.is_some() => {
+                    Some((id.clone(), Look::Check))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, look) in due {
+            self.inspect(&id, look);
+        }
+        // The backoff resets once a container has stayed up a while: one that is
+        // ready for a moment and then exits must not reset it (a crash loop).
+        if self.failures > 0
+            && self.idle.iter().any(|c| {
+                self.containers
+                    .get(c)
+                    .is_some_and(|e| e.idle_since.elapsed() >= STABLE)
+            })
+        {
+            self.failures = 0;
+        }
+        while self
+            .probe_timeouts
+            .front()
+            .is_some_and(|t| t.elapsed() >= PRESSURE_WINDOW)
+        {
+            self.probe_timeouts.pop_front();
+        }
         // Claims that waited too long.
         let expired: Vec<TenantId> = self
             .waiting
@@ -1283,13 +1858,15 @@ impl Pool {
         for tenant in expired {
             if let Some(w) = self.waiting.remove(&tenant) {
                 self.queue.retain(|t| t != &tenant);
-                let err = if w.queued_at_capacity || self.failures == 0 {
-                    self.exhausted(Duration::ZERO)
+                let err = if !w.queued_at_capacity && self.starting_count() > 0 {
+                    self.not_ready_yet(w.waited())
+                } else if w.queued_at_capacity || self.failures == 0 {
+                    self.exhausted(w.waited())
                 } else {
                     self.unavailable()
                 };
                 for r in w.replies {
-                    let _ = r.send(Err(err.clone()));
+                    r.answer(Err(err.clone()));
                 }
             }
         }
@@ -1375,6 +1952,25 @@ impl Pool {
             .values()
             .filter(|e| matches!(e.status, Status::Claimed | Status::Releasing))
             .count();
+        let mut starting: Vec<StartingView> = self
+            .containers
+            .values()
+            .filter(|e| e.status == Status::Starting)
+            .map(|e| StartingView {
+                container_id: e.info.id.clone(),
+                since: e.starting_since,
+                ready_by: e.ready_by.map(|(_, wall)| wall),
+            })
+            .collect();
+        starting.sort_by_key(|s| s.since);
+        let probe_timeouts = self.recent_probe_timeouts();
+        let warning = (probe_timeouts > 0).then(|| {
+            format!(
+                "{probe_timeouts} health probe(s) timed out in the last minute: the node is overloaded; \
+                 the pool creates at most {} container(s) at once until probes pass again",
+                self.create_limit
+            )
+        });
         let status = if self.failures > 0 && self.idle.is_empty() {
             "error"
         } else if self.failures > 0 || self.idle.len() < self.min_size {
@@ -1392,9 +1988,14 @@ impl Pool {
             current_size: self.containers.len(),
             claimed_count: claimed,
             idle_count: self.idle.len(),
-            starting_count: self.starting,
+            starting_count: starting.len(),
             status,
             last_error: self.last_error.clone(),
+            starting,
+            ready_timeout_ms: self.ready_timeout().as_millis() as u64,
+            create_concurrency: self.create_limit,
+            probe_timeouts,
+            warning,
         }
     }
 
@@ -1416,6 +2017,11 @@ impl Pool {
                 image: self.workload.image.clone(),
                 created_at: e.created_at,
                 last_activity_at: e.last_activity_at,
+                starting_since: (e.status == Status::Starting).then_some(e.starting_since),
+                ready_by: e
+                    .ready_by
+                    .filter(|_| e.status == Status::Starting)
+                    .map(|(_, wall)| wall),
             })
             .collect();
         let claims = self
@@ -1496,12 +2102,12 @@ impl Pool {
                 p.abort();
             }
             for w in std::mem::take(&mut claim.waiters) {
-                let _ = w.send(Err(PoolError::Stopped));
+                w.answer(Err(PoolError::Stopped));
             }
         }
         for (_, w) in self.waiting.drain() {
             for r in w.replies {
-                let _ = r.send(Err(PoolError::Stopped));
+                r.answer(Err(PoolError::Stopped));
             }
         }
     }
@@ -1515,6 +2121,9 @@ pub fn endpoints(info: &ContainerInfo) -> Endpoints {
 
 // ----- the tasks the actor spawns ---------------------------------------------
 
+/// Creates and starts a container and watches it for [`FIRST_LOOK`]: ready then, or
+/// still starting (the actor waits for its health events), or an error that says why
+/// it did not run, with its exit code and last output.
 async fn create_container(
     ctx: &PoolContext,
     workload: &Workload,
@@ -1523,7 +2132,7 @@ async fn create_container(
     owner: Owner,
     image_present: &AtomicBool,
     created_at: DateTime<Utc>,
-) -> Result<String, String> {
+) -> Result<(String, Readiness), String> {
     let started = Instant::now();
     let dirs = info.dirs.clone();
     let made = tokio::task::spawn_blocking(move || fsutil::create_dirs(&dirs, owner))
@@ -1554,16 +2163,26 @@ async fn create_container(
             image_present.store(false, Ordering::Release);
             e.to_string()
         })?;
-        let timeout = ctx.config.claim_timeout().max(Duration::from_secs(5));
-        if let Err(e) = ctx
+        match ctx
             .runtime
-            .wait_ready(&docker_id, &spec.name, timeout)
+            .wait_ready(&docker_id, &spec.name, FIRST_LOOK)
             .await
         {
-            let _ = ctx.runtime.remove(&docker_id).await;
-            return Err(e.to_string());
+            Ok(readiness) => Ok((docker_id, readiness)),
+            Err(e) => {
+                let message = match ctx.runtime.report(&docker_id, LOG_LINES).await {
+                    Ok(r) if !r.running => format!(
+                        "container {} exited at once ({}){}",
+                        spec.name,
+                        r.detail,
+                        output_tail(r.log_tail.as_ref())
+                    ),
+                    _ => e.to_string(),
+                };
+                let _ = ctx.runtime.remove(&docker_id).await;
+                Err(message)
+            }
         }
-        Ok(docker_id)
     }
     .await;
     crate::metrics::container_created(workload.id.as_str(), result.is_ok(), started.elapsed());
@@ -1586,16 +2205,23 @@ async fn destroy_container(runtime: &dyn Runtime, info: &ContainerInfo) {
     let _ = tokio::task::spawn_blocking(move || fsutil::remove_dirs(&dirs)).await;
 }
 
-/// Restores state and records the claim durably. No Docker call.
+/// Writes the first caller's secrets, restores state and records the claim durably,
+/// in that order, before anyone is answered. No Docker call.
+#[allow(clippy::too_many_arguments)]
 async fn prepare_claim(
     ctx: &PoolContext,
     workload: &Workload,
     tenant: &TenantId,
     info: &ContainerInfo,
     sync: &ClaimSync,
+    gate: &SecretsGate,
+    secrets: Option<Secrets>,
     owner: Owner,
     record: &ClaimRecord,
 ) -> Result<(), PoolError> {
+    if let Some(secrets) = secrets {
+        gate.write(&info.dirs.secrets, secrets, owner).await?;
+    }
     if let Some(spec) = workload.sync.as_ref().filter(|s| s.policy.on_claim) {
         let (pool, dir) = (workload.id.as_str(), &info.dirs.state);
         run_sync(ctx, sync, spec, pool, tenant, dir, SyncOp::Download, owner)
@@ -1606,20 +2232,25 @@ async fn prepare_claim(
                 ))
             })?;
     }
-    ctx.ledger
-        .put(record)
-        .await
-        .map_err(|e| PoolError::Internal(format!("cannot record the claim durably: {e}")))
+    ctx.ledger.put(record).await.map_err(|e| {
+        PoolError::Ledger(format!(
+            "the claim was not made: its record cannot be written to the claim ledger in {} \
+             (BOILERHOUSE_DATA_DIR): {e}",
+            ctx.config.data_dir.display()
+        ))
+    })
 }
 
 /// Freeze, upload, forget, recycle — in that order, and nothing is wiped unless the
 /// upload succeeded (or the caller asked for no sync).
+#[allow(clippy::too_many_arguments)]
 async fn release_claim(
     ctx: &PoolContext,
     workload: &Workload,
     tenant: &TenantId,
     info: &ContainerInfo,
     sync: &ClaimSync,
+    secrets: &SecretsGate,
     do_sync: bool,
     owner: Owner,
 ) -> Result<Recycled, PoolError> {
@@ -1652,6 +2283,8 @@ async fn release_claim(
         .remove(workload.id.as_str(), tenant.as_str())
         .await
         .map_err(|e| PoolError::Internal(format!("cannot remove the claim record: {e}")))?;
+    // No secrets write of this claim may land after the wipe.
+    secrets.close().await;
     match workload.pool.recycle {
         Recycle::Destroy => Ok(Recycled::Removing),
         Recycle::Reuse | Recycle::Restart => {
@@ -1672,18 +2305,19 @@ async fn release_claim(
                     if workload.pool.recycle == Recycle::Restart {
                         match runtime.restart(&docker_id).await {
                             Ok(()) => runtime
-                                .wait_ready(&docker_id, &info.name, ctx.config.claim_timeout())
+                                .wait_ready(&docker_id, &info.name, FIRST_LOOK)
                                 .await
                                 .map_err(|e| e.to_string()),
                             Err(e) => Err(e.to_string()),
                         }
                     } else {
-                        Ok(())
+                        Ok(Readiness::Ready)
                     }
                 }
             };
             match ready {
-                Ok(()) => Ok(Recycled::Idle),
+                Ok(Readiness::Ready) => Ok(Recycled::Idle),
+                Ok(Readiness::Starting(timings)) => Ok(Recycled::Starting(timings)),
                 Err(e) => {
                     tracing::warn!(container = %info.id, error = %e, "recycling failed; removing the container");
                     Ok(Recycled::Removing)
@@ -1727,17 +2361,23 @@ pub async fn run_sync(
     result
 }
 
-/// The secrets of a claim, written before the claim is answered.
-pub async fn write_secrets(
-    grant: &ClaimGrant,
-    secrets: BTreeMap<String, String>,
-) -> Result<(), PoolError> {
-    let dir = grant.container.dirs.secrets.clone();
-    let owner = grant.owner;
-    tokio::task::spawn_blocking(move || fsutil::write_secrets(&dir, &secrets, owner))
-        .await
-        .map_err(|e| PoolError::Internal(e.to_string()))?
-        .map_err(|e| PoolError::Internal(format!("cannot write secrets: {e}")))
+/// Answers a caller once its secrets (if any) are written; a failed write fails
+/// only that caller, and the claim keeps the files it had.
+fn answer_after_secrets(asker: Asker, grant: Result<ClaimGrant, PoolError>, gate: SecretsGate) {
+    let Ok(grant) = grant else {
+        asker.answer(grant);
+        return;
+    };
+    let Some(secrets) = asker.secrets else {
+        let _ = asker.reply.send(Ok(grant));
+        return;
+    };
+    let reply = asker.reply;
+    tokio::spawn(async move {
+        let dir = grant.container.dirs.secrets.clone();
+        let written = gate.write(&dir, secrets, grant.owner).await;
+        let _ = reply.send(written.map(|()| grant));
+    });
 }
 
 #[cfg(test)]
@@ -1797,6 +2437,7 @@ mod tests {
             tenant: TenantId::parse(tenant).unwrap(),
             queue_wait: Duration::from_millis(wait_ms),
             metadata: None,
+            secrets: None,
         }
     }
 
@@ -1923,6 +2564,31 @@ mod tests {
         );
         f.runtime.fail_create.store(false, Ordering::SeqCst);
         idle(&pool, 2).await;
+    }
+
+    #[tokio::test]
+    async fn a_starting_container_joins_the_idle_set_on_its_health_event() {
+        let f = fixture(10);
+        f.runtime.start_unready.store(true, Ordering::SeqCst);
+        let pool = spawn(f.ctx.clone(), workload("web", 1, 1), vec![]);
+        let id = loop {
+            let snap = pool.snapshot().await.unwrap();
+            if let Some(s) = snap.pool.starting.first().filter(|s| s.ready_by.is_some()) {
+                break s.container_id.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let view = pool.snapshot().await.unwrap().pool;
+        assert_eq!((view.idle_count, view.starting_count), (0, 1));
+        assert!(view.last_error.is_none(), "starting is not failing");
+        pool.event(RuntimeEvent {
+            pool: "web".into(),
+            container_id: id,
+            kind: EventKind::Healthy,
+        })
+        .await;
+        idle(&pool, 1).await;
+        assert_eq!(pool.snapshot().await.unwrap().pool.starting_count, 0);
     }
 
     #[tokio::test]

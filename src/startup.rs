@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::activity::ActivityLog;
 use crate::api::{self, AppState};
 use crate::config::{Config, LogFormat};
+use crate::edge::EdgeLimits;
 use crate::manager::ContainerManager;
 use crate::runtime::{DockerRuntime, Runtime};
 use crate::workload::{self, Workload};
@@ -27,6 +28,8 @@ pub enum StartupError {
     Docker(crate::runtime::RuntimeError),
     #[error(transparent)]
     Manager(#[from] crate::manager::StartError),
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightErrors),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -72,6 +75,19 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         tracing::warn!(variables = ?unknown, "ignoring unknown BOILERHOUSE_ variables (typos?)");
     }
     let workloads = load_workloads(&config)?;
+    // Created here, not only by the manager, so the preflight enters the real thing.
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| crate::manager::StartError::Dir(config.state_dir.display().to_string(), e))?;
+    for passed in crate::preflight::check(&config, &workloads).await? {
+        tracing::info!(
+            workload = %passed.workload,
+            uid = passed.uid,
+            gid = passed.gid,
+            rclone = %passed.version,
+            state_dir = %config.state_dir.display(),
+            "rclone runs as the workload's user and reaches the state dir"
+        );
+    }
     let runtime = DockerRuntime::connect()
         .await
         .map_err(StartupError::Docker)?;
@@ -110,18 +126,26 @@ pub async fn serve(
         )
         .await?,
     );
+    // Streams (`/events`) never finish on their own, and graceful shutdown waits for
+    // every response: they watch this and end when shutdown begins.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
     let state = AppState {
         manager: manager.clone(),
         api_token: config.api_token.as_deref().map(Arc::from),
         started: Instant::now(),
         metrics,
+        request_timeout: config.request_timeout(),
+        stopping,
     };
     let app = api::router(state);
     let trimmer = tokio::spawn(return_freed_memory());
     let local = listener.local_addr().map_err(StartupError::Serve)?;
     tracing::info!(addr = %local, instance = %config.instance, ?pools, "boilerhouse listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    crate::edge::serve(listener, app, EdgeLimits::from_config(&config), shutdown)
         .await
         .map_err(StartupError::Serve)?;
     tracing::info!("shutting down: containers stay running for the next start");

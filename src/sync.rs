@@ -221,6 +221,20 @@ pub enum SyncError {
     },
 }
 
+/// Why `rclone version` did not answer (see [`SyncEngine::version`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    #[error("{0}")]
+    Spawn(std::io::Error),
+    #[error("rclone version did not answer in {} s", VERSION_TIMEOUT.as_secs())]
+    TimedOut,
+    #[error("rclone version {status}: {detail}")]
+    Failed { status: String, detail: String },
+}
+
+/// `rclone version` prints and exits at once; this only bounds a hung binary.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs rclone for the whole daemon: at most `concurrency` processes at once, each
 /// bounded by `timeout`. Cheap to clone.
 #[derive(Clone)]
@@ -330,7 +344,7 @@ impl SyncEngine {
             op,
             env: rclone_env(&spec.sink, std::env::vars_os()),
             secrets: Arc::new(secret_values(&spec.sink)),
-            run_as: owner.filter(|_| running_as_root()),
+            run_as: run_as(owner),
             endpoint: endpoint_address(&spec.sink, |name| std::env::var_os(name)),
         };
         if owner.is_some() && ctx.run_as.is_none() {
@@ -546,6 +560,62 @@ impl SyncEngine {
         }
     }
 
+    /// rclone as every invocation starts it: only `env` for an environment, stdin
+    /// closed, stderr piped, and as `run_as` (see [`run_as`]) when that is set.
+    fn command(&self, env: &[(OsString, OsString)], run_as: Option<(u32, u32)>) -> Command {
+        let mut cmd = Command::new(&self.inner.rclone_bin);
+        cmd.env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some((uid, gid)) = run_as {
+            // std drops supplementary groups too when it changes the uid as root.
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    /// Runs `rclone version` exactly as a transfer of `spec` for a workload owned by
+    /// `owner` would start rclone (same environment, same user), from `cwd` when given:
+    /// the child changes to it after taking the user's identity, so a `cwd` the user
+    /// cannot enter fails the start. Returns rclone's first line (`rclone v1.75.2`).
+    /// Start-up uses it to find, before any claim, a binary or a state directory the
+    /// workload's user cannot reach.
+    pub async fn version(
+        &self,
+        spec: &SyncSpec,
+        owner: Option<(u32, u32)>,
+        cwd: Option<&Path>,
+    ) -> Result<String, VersionError> {
+        let env = rclone_env(&spec.sink, std::env::vars_os());
+        let mut cmd = self.command(&env, run_as(owner));
+        cmd.arg("version").stdout(Stdio::piped());
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let child = cmd.spawn().map_err(VersionError::Spawn)?;
+        let out = tokio::time::timeout(VERSION_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| VersionError::TimedOut)?
+            .map_err(VersionError::Spawn)?;
+        let first = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        if !out.status.success() {
+            return Err(VersionError::Failed {
+                status: describe_status(out.status),
+                detail: first(&out.stderr),
+            });
+        }
+        Ok(first(&out.stdout))
+    }
+
     /// Runs one rclone process to completion (or to its first stdout line), killing it
     /// at `deadline`. The process is always reaped before this returns, so nothing of
     /// it outlives a failed sync.
@@ -555,22 +625,12 @@ impl SyncEngine {
         inv: Invocation,
         deadline: Instant,
     ) -> Result<Finished, ExecError> {
-        let mut cmd = Command::new(&self.inner.rclone_bin);
-        cmd.args(&inv.args)
-            .env_clear()
-            .envs(ctx.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(if inv.first_line_only {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some((uid, gid)) = ctx.run_as {
-            // std drops supplementary groups too when it changes the uid as root.
-            cmd.uid(uid).gid(gid);
-        }
+        let mut cmd = self.command(&ctx.env, ctx.run_as);
+        cmd.args(&inv.args).stdout(if inv.first_line_only {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = cmd.spawn().map_err(ExecError::Spawn)?;
         let (unreachable_tx, unreachable_rx) = tokio::sync::oneshot::channel();
         let log_task = tokio::spawn(read_log(
@@ -1220,6 +1280,12 @@ fn inspect_local(state_dir: &Path, rel: &str) -> Result<LocalState, String> {
         None => LocalState::Empty,
         Some(_) => LocalState::NonEmpty,
     })
+}
+
+/// The identity rclone takes for a workload owned by `owner`: the owner when the
+/// daemon is root (it can switch), None = the daemon's own.
+pub fn run_as(owner: Option<(u32, u32)>) -> Option<(u32, u32)> {
+    owner.filter(|_| running_as_root())
 }
 
 fn running_as_root() -> bool {

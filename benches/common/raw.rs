@@ -3,9 +3,10 @@
 //! carry the same hardening (dropped capabilities, read-only root, tmpfs, limits,
 //! bind mounts) as the daemon's — only the daemon (HTTP, pool actor, ledger) is
 //! missing. They are labelled `boilerhouse.managed=true` and
-//! `boilerhouse.instance=<bench instance>` like the daemon's, with a pool label no
-//! workload has, so the [`InstanceGuard`](super::daemon::InstanceGuard) removes them
-//! and no daemon ever adopts them.
+//! `boilerhouse.instance=<bench instance>-raw`, an instance of their own: the daemon
+//! sweeps containers of its own instance that no pool knows, so sharing its instance
+//! would have them removed mid-measurement. A second
+//! [`InstanceGuard`](super::daemon::InstanceGuard) removes them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use boilerhouse::config::Config;
 use boilerhouse::fsutil::{self, Owner};
 use boilerhouse::runtime::spec::{spec_hash, ContainerDirs};
-use boilerhouse::runtime::{labels, ContainerSpec, DockerRuntime, Runtime};
+use boilerhouse::runtime::{labels, ContainerSpec, DockerRuntime, Readiness, Runtime};
 use boilerhouse::workload::Workload;
 
 use super::BenchResult;
@@ -79,9 +80,13 @@ impl RawDocker {
     ) -> BenchResult<RawContainer> {
         let started = Instant::now();
         let docker_id = self.runtime.create_and_start(spec).await?;
-        self.runtime
+        let readiness = self
+            .runtime
             .wait_ready(&docker_id, &spec.name, Duration::from_secs(60))
             .await?;
+        if readiness != Readiness::Ready {
+            return Err(format!("raw container {} was not ready within 60 s", spec.name).into());
+        }
         Ok(RawContainer {
             docker_id,
             dirs,

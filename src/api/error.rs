@@ -47,6 +47,10 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     DockerUnavailable(String),
+    #[error("the request took longer than {} ms (BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS) and was stopped", .0.as_millis())]
+    RequestTimeout(Duration),
+    #[error("{0}")]
+    LedgerUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -68,9 +72,11 @@ impl ApiError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SyncFailed(_) => StatusCode::BAD_GATEWAY,
-            PoolExhausted { .. } | PoolUnavailable(_) | DockerUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            PoolExhausted { .. }
+            | PoolUnavailable(_)
+            | DockerUnavailable(_)
+            | LedgerUnavailable(_)
+            | RequestTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +101,8 @@ impl ApiError {
             NotFound(_) => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
             DockerUnavailable(_) => "docker_unavailable",
+            LedgerUnavailable(_) => "ledger_unavailable",
+            RequestTimeout(_) => "request_timeout",
             Internal(_) => "internal_error",
         }
     }
@@ -145,6 +153,7 @@ impl From<crate::pool::PoolError> for ApiError {
             P::ContainerNotFound(id) => ApiError::ContainerNotFound(id),
             e @ P::ContainerClaimed(..) => ApiError::Conflict("container_claimed", e.to_string()),
             P::Invalid(m) => ApiError::BadRequest(m),
+            P::Ledger(m) => ApiError::LedgerUnavailable(m),
             P::Internal(m) => ApiError::Internal(m),
             P::Stopped => ApiError::DockerUnavailable("the daemon is shutting down".into()),
         }

@@ -11,7 +11,7 @@ pub mod system;
 pub mod tenants;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
@@ -34,6 +34,10 @@ pub struct AppState {
     pub api_token: Option<Arc<str>>,
     pub started: Instant,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Bound on every route but `/events` (see [`limit_duration`]).
+    pub request_timeout: Duration,
+    /// Turns true when the daemon begins to shut down; streaming responses end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -65,6 +69,7 @@ impl AppState {
 }
 
 fn routes(state: &AppState) -> Router<AppState> {
+    let timeout = axum::middleware::from_fn_with_state(state.clone(), limit_duration);
     let protected = Router::new()
         .route("/tenants", get(tenants::list))
         .route("/tenants/{id}", get(tenants::get))
@@ -84,8 +89,11 @@ fn routes(state: &AppState) -> Router<AppState> {
         .route("/workloads/{id}", get(pools::workload))
         .route("/stats", get(system::stats))
         .route("/activity", get(system::activity))
-        .route("/events", get(system::events))
         .route("/metrics", get(system::metrics))
+        .route_layer(timeout.clone())
+        // A stream for as long as the client listens: no request timeout; SSE
+        // keep-alive comments keep it from looking dead to proxies.
+        .route("/events", get(system::events))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -94,7 +102,24 @@ fn routes(state: &AppState) -> Router<AppState> {
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/openapi.json", get(openapi::document))
+        .route_layer(timeout)
         .merge(protected)
+}
+
+/// Answers 503 `request_timeout` when a handler (body reading included) takes longer
+/// than the request timeout. Dropping the handler is what a client disconnect does
+/// too, so no handler is cut in a way it is not already prepared for.
+async fn limit_duration(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let limit = state.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout(limit).into_response(),
+    }
 }
 
 /// The whole application, ready to serve.

@@ -33,6 +33,15 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     if let Err(e) = state.manager.runtime().ping().await {
         return not_ready(e.to_string());
     }
+    let ledger = state.manager.ledger();
+    if !ledger.is_healthy() {
+        if let Err(e) = ledger.probe().await {
+            return not_ready(format!(
+                "the claim ledger in {} (BOILERHOUSE_DATA_DIR) cannot be written: {e}",
+                state.manager.config().data_dir.display()
+            ));
+        }
+    }
     let pools = state.manager.pool_views().await;
     let cold: Vec<String> = pools
         .iter()
@@ -121,18 +130,26 @@ pub async fn events(
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
     let rx = state.manager.activity().subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let item = match rx.recv().await {
-            Ok(event) => SseEvent::default()
-                .event(event.kind)
-                .json_data(&event)
-                .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
-            Err(RecvError::Lagged(n)) => SseEvent::default()
-                .event("lagged")
-                .data(format!("{{\"missed\":{n}}}")),
-            Err(RecvError::Closed) => return None,
-        };
-        Some((Ok(item), rx))
-    });
+    let stopping = state.stopping.clone();
+    let stream =
+        futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
+            // The stream ends when shutdown begins (or the daemon is gone): SIGTERM must
+            // not wait for followers to hang up.
+            let received = tokio::select! {
+                received = rx.recv() => received,
+                _ = stopping.wait_for(|s| *s) => return None,
+            };
+            let item = match received {
+                Ok(event) => SseEvent::default()
+                    .event(event.kind)
+                    .json_data(&event)
+                    .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
+                Err(RecvError::Lagged(n)) => SseEvent::default()
+                    .event("lagged")
+                    .data(format!("{{\"missed\":{n}}}")),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Ok(item), (rx, stopping)))
+        });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

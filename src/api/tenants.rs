@@ -97,6 +97,7 @@ pub async fn claim(
         tenant: tenant.clone(),
         queue_wait,
         metadata: body.metadata.map(Value::Object),
+        secrets: None,
     };
     let started = std::time::Instant::now();
     let result = state.manager.claim(pool, request, body.secrets).await;

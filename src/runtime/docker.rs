@@ -5,6 +5,7 @@
 //! only uses `/_ping`, `/version`, `/events`, `/containers/*` and `/images/*`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -16,17 +17,24 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    RestartContainerOptionsBuilder, StartContainerOptions,
+    InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StartContainerOptions,
 };
 use bollard::Docker;
 use futures_util::stream::{BoxStream, StreamExt};
 
 use super::registry_auth;
 use super::{
-    labels, ContainerSpec, EngineHealth, EngineState, EventKind, ManagedContainer, Runtime,
-    RuntimeError, RuntimeEvent,
+    labels, ContainerReport, ContainerSpec, EngineHealth, EngineState, EventKind, ManagedContainer,
+    ProbeResult, ProbeTimings, Readiness, Runtime, RuntimeError, RuntimeEvent,
 };
+
+const LOGS_REFUSED: &str =
+    "the Docker API refused /containers/{id}/logs (behind docker-socket-proxy, \
+     ALLOW_LOGS=1 lets the daemon quote a failed container's output)";
+
+/// The first Docker API version that honours `healthcheck.start_interval`.
+const START_INTERVAL_API: (usize, usize) = (1, 44);
 
 #[derive(Clone)]
 pub struct DockerRuntime {
@@ -34,6 +42,9 @@ pub struct DockerRuntime {
     host: String,
     /// One pull at a time per image reference (see [`DockerRuntime::pull_once`]).
     pulls: Arc<StdMutex<HashMap<String, Arc<PullSlot>>>>,
+    /// The engine (or a socket proxy in front of it) refused `/containers/{id}/logs`
+    /// once: a failed container's output is then not asked for again.
+    logs_refused: Arc<AtomicBool>,
 }
 
 /// The lock of one image's pulls, holding the outcome of the last one and when it
@@ -56,6 +67,7 @@ impl DockerRuntime {
             docker,
             host: host.clone(),
             pulls: Arc::default(),
+            logs_refused: Arc::new(AtomicBool::new(false)),
         };
         runtime.ping().await?;
         Ok(runtime)
@@ -65,10 +77,7 @@ impl DockerRuntime {
         &self.docker
     }
 
-    async fn inspect_state(
-        &self,
-        docker_id: &str,
-    ) -> Result<(Option<ContainerStateStatusEnum>, EngineHealth, String), RuntimeError> {
+    async fn inspect(&self, docker_id: &str) -> Result<Inspection, RuntimeError> {
         let info = counted(
             "inspect",
             self.docker
@@ -85,6 +94,37 @@ impl DockerRuntime {
             Some(HealthStatusEnum::HEALTHY) => EngineHealth::Healthy,
             Some(HealthStatusEnum::UNHEALTHY) => EngineHealth::Unhealthy,
         };
+        let last_probe = state
+            .health
+            .as_ref()
+            .and_then(|h| h.log.as_ref())
+            .and_then(|log| log.last())
+            .map(|r| {
+                let output = r.output.clone().unwrap_or_default().trim().to_owned();
+                ProbeResult {
+                    exit_code: r.exit_code.unwrap_or(-1),
+                    timed_out: output.starts_with("Health check exceeded timeout"),
+                    output,
+                }
+            });
+        let timings = info
+            .config
+            .and_then(|c| c.healthcheck)
+            .filter(|h| {
+                h.test
+                    .as_ref()
+                    .is_some_and(|t| !t.is_empty() && t[0] != "NONE")
+            })
+            .map(|h| {
+                let d = |n: Option<i64>| n.map(|n| Duration::from_nanos(n.max(0) as u64));
+                ProbeTimings::with_defaults(
+                    d(h.interval),
+                    d(h.timeout),
+                    h.retries.map(|r| r.clamp(0, u32::MAX as i64) as u32),
+                    d(h.start_period),
+                    d(h.start_interval),
+                )
+            });
         let detail = format!(
             "status {:?}, exit code {}{}{}",
             state.status.map(|s| s.to_string()).unwrap_or_default(),
@@ -100,8 +140,52 @@ impl DockerRuntime {
                 .map(|e| format!(", error: {e}"))
                 .unwrap_or_default(),
         );
-        Ok((state.status, health, detail))
+        Ok(Inspection {
+            status: state.status,
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed == Some(true),
+            health,
+            last_probe,
+            timings,
+            detail,
+        })
     }
+
+    /// The last `lines` lines the container wrote to stdout and stderr.
+    async fn log_tail(&self, docker_id: &str, lines: usize) -> Result<String, RuntimeError> {
+        let tail = lines.to_string();
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail)
+            .build();
+        let mut stream = self.docker.logs(docker_id, Some(options));
+        let mut out = String::new();
+        while let Some(item) = stream.next().await {
+            let chunk = match item {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    if is_status(&e, &[403]) {
+                        self.logs_refused.store(true, Ordering::Release);
+                    }
+                    return counted("logs", Err(e)).map_err(api);
+                }
+            };
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        Ok(out.trim_end().to_owned())
+    }
+}
+
+/// One inspection of a container, as far as the pools need it.
+struct Inspection {
+    status: Option<ContainerStateStatusEnum>,
+    exit_code: Option<i64>,
+    oom_killed: bool,
+    health: EngineHealth,
+    last_probe: Option<ProbeResult>,
+    timings: Option<ProbeTimings>,
+    detail: String,
 }
 
 impl DockerRuntime {
@@ -255,6 +339,24 @@ fn with_tag(image: &str) -> String {
     }
 }
 
+/// A probe result in one line: its exit code and output, shortened.
+pub fn probe_summary(p: &ProbeResult) -> String {
+    let mut output: String = p.output.split_whitespace().collect::<Vec<_>>().join(" ");
+    if output.len() > 300 {
+        let cut = (0..=300)
+            .rev()
+            .find(|i| output.is_char_boundary(*i))
+            .unwrap_or(0);
+        output.truncate(cut);
+        output.push('…');
+    }
+    if output.is_empty() {
+        format!("exit code {} (no output)", p.exit_code)
+    } else {
+        format!("exit code {}: {output:?}", p.exit_code)
+    }
+}
+
 fn nanos(d: Option<Duration>) -> Option<i64> {
     d.map(|d| d.as_nanos() as i64)
 }
@@ -333,7 +435,8 @@ impl Runtime for DockerRuntime {
                 timeout: nanos(h.timeout),
                 retries: h.retries.map(i64::from),
                 start_period: nanos(h.start_period),
-                start_interval: None,
+                // Older engines refuse the field: send it only where it is honoured.
+                start_interval: nanos(h.start_interval.filter(|_| self.supports_start_interval())),
             }),
             host_config: Some(host_config),
             ..Default::default()
@@ -362,21 +465,25 @@ impl Runtime for DockerRuntime {
         &self,
         docker_id: &str,
         name: &str,
-        timeout: Duration,
-    ) -> Result<(), RuntimeError> {
+        within: Duration,
+    ) -> Result<Readiness, RuntimeError> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(5);
         loop {
-            let (status, health, detail) = self.inspect_state(docker_id).await?;
-            match status {
-                Some(ContainerStateStatusEnum::RUNNING) => match health {
-                    EngineHealth::None | EngineHealth::Healthy => return Ok(()),
+            let seen = self.inspect(docker_id).await?;
+            match seen.status {
+                Some(ContainerStateStatusEnum::RUNNING) => match seen.health {
+                    EngineHealth::None | EngineHealth::Healthy => return Ok(Readiness::Ready),
                     EngineHealth::Unhealthy => {
+                        let probe = seen
+                            .last_probe
+                            .map(|p| format!("; last probe: {}", probe_summary(&p)))
+                            .unwrap_or_default();
                         return Err(RuntimeError::NotReady {
                             name: name.into(),
-                            timeout,
-                            message: "its healthcheck reports unhealthy".into(),
-                        })
+                            timeout: started.elapsed(),
+                            message: format!("its healthcheck reports unhealthy{probe}"),
+                        });
                     }
                     EngineHealth::Starting => {}
                 },
@@ -385,21 +492,60 @@ impl Runtime for DockerRuntime {
                 _ => {
                     return Err(RuntimeError::NotReady {
                         name: name.into(),
-                        timeout,
-                        message: format!("it is not running ({detail})"),
+                        timeout: started.elapsed(),
+                        message: format!("it is not running ({})", seen.detail),
                     })
                 }
             }
-            if started.elapsed() >= timeout {
+            if started.elapsed() >= within {
+                if seen.status == Some(ContainerStateStatusEnum::RUNNING) {
+                    return Ok(Readiness::Starting(seen.timings));
+                }
                 return Err(RuntimeError::NotReady {
                     name: name.into(),
-                    timeout,
-                    message: format!("still waiting ({detail}, health {health:?})"),
+                    timeout: within,
+                    message: format!("it never started running ({})", seen.detail),
                 });
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
         }
+    }
+
+    async fn report(
+        &self,
+        docker_id: &str,
+        log_lines: usize,
+    ) -> Result<ContainerReport, RuntimeError> {
+        let seen = self.inspect(docker_id).await?;
+        let running = seen.status == Some(ContainerStateStatusEnum::RUNNING);
+        let log_tail = if running || log_lines == 0 {
+            None
+        } else if self.logs_refused.load(Ordering::Acquire) {
+            Some(Err(LOGS_REFUSED.to_owned()))
+        } else {
+            Some(self.log_tail(docker_id, log_lines).await.map_err(|e| {
+                if self.logs_refused.load(Ordering::Acquire) {
+                    LOGS_REFUSED.to_owned()
+                } else {
+                    e.to_string()
+                }
+            }))
+        };
+        Ok(ContainerReport {
+            running,
+            exit_code: seen.exit_code,
+            oom_killed: seen.oom_killed,
+            detail: seen.detail,
+            health: seen.health,
+            last_probe: seen.last_probe,
+            log_tail,
+        })
+    }
+
+    fn supports_start_interval(&self) -> bool {
+        let v = self.docker.client_version();
+        (v.major_version, v.minor_version) >= START_INTERVAL_API
     }
 
     async fn pause(&self, docker_id: &str) -> Result<(), RuntimeError> {

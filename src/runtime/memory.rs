@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::{
-    labels, ContainerSpec, EngineHealth, EngineState, ManagedContainer, Runtime, RuntimeError,
-    RuntimeEvent,
+    labels, ContainerReport, ContainerSpec, EngineHealth, EngineState, ManagedContainer, Readiness,
+    Runtime, RuntimeError, RuntimeEvent,
 };
 
 #[derive(Default)]
@@ -24,6 +24,8 @@ pub struct MemoryRuntime {
     /// Calls made, by operation, so tests can assert e.g. no call on a warm claim.
     calls: Mutex<HashMap<&'static str, usize>>,
     pub create_delay: Mutex<Duration>,
+    /// While set, new containers stay `Starting` until the test sends a health event.
+    pub start_unready: AtomicBool,
 }
 
 impl MemoryRuntime {
@@ -78,9 +80,35 @@ impl Runtime for MemoryRuntime {
         Ok(id)
     }
 
-    async fn wait_ready(&self, _: &str, _: &str, _: Duration) -> Result<(), RuntimeError> {
+    async fn wait_ready(&self, _: &str, _: &str, _: Duration) -> Result<Readiness, RuntimeError> {
         self.count("wait_ready");
-        Ok(())
+        if self.start_unready.load(Ordering::SeqCst) {
+            return Ok(Readiness::Starting(None));
+        }
+        Ok(Readiness::Ready)
+    }
+
+    async fn report(&self, docker_id: &str, _: usize) -> Result<ContainerReport, RuntimeError> {
+        self.count("report");
+        let running = self.containers.lock().unwrap().contains_key(docker_id);
+        Ok(ContainerReport {
+            running,
+            exit_code: (!running).then_some(1),
+            oom_killed: false,
+            detail: if running {
+                "status \"running\""
+            } else {
+                "status \"exited\", exit code 1"
+            }
+            .into(),
+            health: EngineHealth::None,
+            last_probe: None,
+            log_tail: None,
+        })
+    }
+
+    fn supports_start_interval(&self) -> bool {
+        false
     }
 
     async fn pause(&self, _: &str) -> Result<(), RuntimeError> {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
+pub use crate::workload::ProbeTimings;
 pub use docker::DockerRuntime;
 pub use spec::{ContainerSpec, HealthSpec};
 
@@ -77,6 +78,40 @@ impl ManagedContainer {
     }
 }
 
+/// Where a container stands once it has been started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Running and, with a healthcheck, healthy.
+    Ready,
+    /// Running, its healthcheck has not passed yet. Carries the effective timings.
+    Starting(Option<ProbeTimings>),
+}
+
+/// The outcome of one health probe, from the engine's health log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub exit_code: i64,
+    /// The probe's output, trimmed (the engine keeps at most 4 KiB).
+    pub output: String,
+    /// The probe ran past its timeout (the engine's "Health check exceeded timeout").
+    pub timed_out: bool,
+}
+
+/// What an inspection tells about a container that did not (or no longer) work.
+#[derive(Debug, Clone)]
+pub struct ContainerReport {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    /// e.g. `status "exited", exit code 3`.
+    pub detail: String,
+    pub health: EngineHealth,
+    pub last_probe: Option<ProbeResult>,
+    /// The last lines of its output, when it is no longer running (or why they
+    /// could not be read).
+    pub log_tail: Option<Result<String, String>>,
+}
+
 /// What the event watcher reports about a managed container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
@@ -105,13 +140,24 @@ pub trait Runtime: Send + Sync + 'static {
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
     /// Creates and starts a container; returns the engine's id.
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
-    /// Waits until the container runs and, with a healthcheck, reports healthy.
+    /// Waits up to `within` for the container to run and, with a healthcheck, to
+    /// report healthy. Still running but not yet healthy then: `Starting`. A container
+    /// that is not running (it exited, or the engine refused it) is an error.
     async fn wait_ready(
         &self,
         docker_id: &str,
         name: &str,
-        timeout: Duration,
-    ) -> Result<(), RuntimeError>;
+        within: Duration,
+    ) -> Result<Readiness, RuntimeError>;
+    /// Inspects a container: its state, its last health probe and, when it is no
+    /// longer running, the last `log_lines` lines of its output.
+    async fn report(
+        &self,
+        docker_id: &str,
+        log_lines: usize,
+    ) -> Result<ContainerReport, RuntimeError>;
+    /// Does the engine honour `healthcheck.start_interval` (API ≥ 1.44)?
+    fn supports_start_interval(&self) -> bool;
     async fn pause(&self, docker_id: &str) -> Result<(), RuntimeError>;
     async fn unpause(&self, docker_id: &str) -> Result<(), RuntimeError>;
     async fn restart(&self, docker_id: &str) -> Result<(), RuntimeError>;

@@ -21,6 +21,7 @@ pub struct HealthSpec {
     pub timeout: Option<Duration>,
     pub retries: Option<u32>,
     pub start_period: Option<Duration>,
+    pub start_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +182,7 @@ impl ContainerSpec {
                 timeout: h.timeout,
                 retries: h.retries,
                 start_period: h.start_period,
+                start_interval: h.start_interval,
             }),
             ports: workload.ports.clone(),
         }

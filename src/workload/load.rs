@@ -223,6 +223,7 @@ fn base_workload(id: WorkloadId, image: &str) -> Workload {
             max_size: None,
             idle_timeout: None,
             recycle: Recycle::Destroy,
+            ready_timeout: None,
         },
         sync: None,
         source: None,
@@ -729,6 +730,7 @@ impl Loader<'_> {
             timeout: None,
             retries: None,
             start_period: None,
+            start_interval: None,
         };
         for (key, at, v) in self.entries(at, v) {
             match key.as_str() {
@@ -736,10 +738,13 @@ impl Loader<'_> {
                 "interval" => hc.interval = self.scalar(&at, v, parse_duration),
                 "timeout" => hc.timeout = self.scalar(&at, v, parse_duration),
                 "start_period" => hc.start_period = self.scalar(&at, v, parse_duration),
+                "start_interval" => {
+                    hc.start_interval = self.scalar(&at, v, |s| positive(parse_duration(s)?))
+                }
                 "retries" => hc.retries = self.scalar(&at, v, parse_number),
                 "disable" => disable = self.scalar(&at, v, parse_bool).unwrap_or(false),
                 _ => {
-                    let known = "test interval timeout retries start_period disable";
+                    let known = "test interval timeout retries start_period start_interval disable";
                     self.unknown(&at, &key, known);
                 }
             }
@@ -750,7 +755,35 @@ impl Loader<'_> {
             (Some(t), false) => hc.test = t,
             (None, false) => self.require(at, v, "test", "missing `test`: give a command such as [\"CMD\", \"curl\", \"-f\", \"http://localhost:8080/health\"], or `disable: true`"),
         }
+        self.warn_slow_warm_up(&hc);
         Some(hc)
+    }
+
+    /// Docker before 25.0 (API 1.44) runs the first probe one `interval` after start
+    /// and ignores `start_interval`: with a long interval a pool warms slowly, and
+    /// the operator should hear that at load time rather than wonder at an empty pool.
+    fn warn_slow_warm_up(&self, hc: &Healthcheck) {
+        let Some(t) = hc.timings() else { return };
+        if t.interval < Duration::from_secs(5) {
+            return;
+        }
+        let h = |d: Duration| humantime::format_duration(d).to_string();
+        let advice = match t.start_interval {
+            Some(si) => format!(
+                "start_interval {} is honoured only by Docker 25.0+ (API 1.44); older engines ignore it",
+                h(si)
+            ),
+            None => "set healthcheck.start_interval (Docker 25.0+) or a shorter interval to warm faster".into(),
+        };
+        tracing::warn!(
+            file = %self.file.display(),
+            "healthcheck interval {}: on Docker engines before 25.0 (API 1.44) the first probe runs one interval after \
+             a container starts, so each new container takes at least {} to become ready (it is given up after {} \
+             unless pool.ready_timeout says otherwise); {advice}",
+            h(t.interval),
+            h(t.interval),
+            h(crate::workload::ready_deadline(Some(&t), None, Duration::ZERO)),
+        );
     }
 
     fn health_test(&mut self, at: &KeyPath, v: &Value) -> Option<HealthTest> {
@@ -860,6 +893,7 @@ impl Loader<'_> {
             max_size: None,
             idle_timeout: None,
             recycle: Recycle::Destroy,
+            ready_timeout: None,
         };
         for (key, at, v) in self.entries(at, v) {
             match key.as_str() {
@@ -873,7 +907,14 @@ impl Loader<'_> {
                         .scalar(&at, v, |s| one_of(s, RECYCLE))
                         .unwrap_or_default()
                 }
-                _ => self.unknown(&at, &key, "min_size max_size idle_timeout recycle"),
+                "ready_timeout" => {
+                    pool.ready_timeout = self.scalar(&at, v, |s| positive(parse_duration(s)?))
+                }
+                _ => self.unknown(
+                    &at,
+                    &key,
+                    "min_size max_size idle_timeout recycle ready_timeout",
+                ),
             }
         }
         if let (Some(min), Some(max)) = (pool.min_size, pool.max_size) {
@@ -1801,6 +1842,42 @@ sync:
         assert_eq!(test("test: curl -f x || exit 1"), shell);
         assert_eq!(test("test: [\"NONE\"]"), Some(HealthTest::None));
         assert_eq!(test("disable: true"), Some(HealthTest::None));
+    }
+
+    #[test]
+    fn start_interval_and_ready_timeout_are_read_and_the_deadline_follows_the_healthcheck() {
+        let w = ok("id: a\nhealthcheck:\n  test: [\"CMD\", \"true\"]\n  interval: 30s\n  timeout: 5s\n  retries: 3\n  start_period: 10s\n  start_interval: 2s\npool:\n  ready_timeout: 2m\n");
+        let hc = w.healthcheck.unwrap();
+        assert_eq!(hc.start_interval, Some(Duration::from_secs(2)));
+        assert_eq!(w.pool.ready_timeout, Some(Duration::from_secs(120)));
+        let t = hc.timings().unwrap();
+        // The first probe: one interval on old engines, the start interval on new ones.
+        assert_eq!(t.first_probe(false), Duration::from_secs(30));
+        assert_eq!(t.first_probe(true), Duration::from_secs(2));
+        // start_period + (retries + 1) × (interval + timeout) + margin, at least the floor.
+        let floor = Duration::from_secs(30);
+        assert_eq!(
+            ready_deadline(Some(&t), None, floor),
+            Duration::from_secs(160)
+        );
+        assert_eq!(
+            ready_deadline(Some(&t), Some(Duration::from_secs(7)), floor),
+            Duration::from_secs(7)
+        );
+        assert_eq!(ready_deadline(None, None, floor), floor);
+        // Docker's defaults for what is left out: 30s, 30s, 3 retries.
+        let bare = ok("id: a\nhealthcheck:\n  test: [\"CMD\", \"true\"]\n")
+            .healthcheck
+            .unwrap()
+            .timings()
+            .unwrap();
+        assert_eq!(bare.worst_case(), Duration::from_secs(240));
+        let e = errs("id: a\nhealthcheck:\n  test: [\"CMD\", \"true\"]\n  start_interval: 0s\npool:\n  ready_timeout: soon\n");
+        assert!(
+            e.iter().any(|(k, _, _)| k == "healthcheck.start_interval"),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|(k, _, _)| k == "pool.ready_timeout"), "{e:?}");
     }
 
     #[test]

@@ -76,6 +76,13 @@ pub struct Workload {
     pub source: Option<PathBuf>,
 }
 
+impl Workload {
+    /// `(uid, gid)` the tenant's files belong to and rclone runs as; None = no `user`.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.user.map(|u| (u.uid, u.group()))
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Volumes {
@@ -104,6 +111,118 @@ pub struct Healthcheck {
     pub retries: Option<u32>,
     #[serde(with = "humantime_serde")]
     pub start_period: Option<Duration>,
+    /// Probe interval during the start period (compose's `start_interval`); engines
+    /// before API 1.44 ignore it and probe first after one `interval`.
+    #[serde(with = "humantime_serde")]
+    pub start_interval: Option<Duration>,
+}
+
+impl Healthcheck {
+    /// The timings the engine will use, or None when the check is disabled.
+    pub fn timings(&self) -> Option<ProbeTimings> {
+        (self.test != HealthTest::None).then(|| {
+            ProbeTimings::with_defaults(
+                self.interval,
+                self.timeout,
+                self.retries,
+                self.start_period,
+                self.start_interval,
+            )
+        })
+    }
+}
+
+/// A container's effective healthcheck timings (its own or its image's), with
+/// Docker's defaults filled in for what neither sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTimings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+    /// Probe interval during the start period; honoured by engines with API ≥ 1.44 only.
+    pub start_interval: Option<Duration>,
+}
+
+impl ProbeTimings {
+    /// Docker's defaults for a healthcheck that leaves a value unset.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_RETRIES: u32 = 3;
+    pub const DEFAULT_START_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// Fills Docker's defaults into the values a healthcheck leaves unset (or at 0).
+    pub fn with_defaults(
+        interval: Option<Duration>,
+        timeout: Option<Duration>,
+        retries: Option<u32>,
+        start_period: Option<Duration>,
+        start_interval: Option<Duration>,
+    ) -> Self {
+        let set = |d: Option<Duration>| d.filter(|d| !d.is_zero());
+        Self {
+            interval: set(interval).unwrap_or(Self::DEFAULT_INTERVAL),
+            timeout: set(timeout).unwrap_or(Self::DEFAULT_TIMEOUT),
+            retries: retries.filter(|r| *r > 0).unwrap_or(Self::DEFAULT_RETRIES),
+            start_period: start_period.unwrap_or_default(),
+            start_interval: set(start_interval),
+        }
+    }
+
+    /// When the engine runs the first probe after start: one `interval` on engines
+    /// before API 1.44, one `start_interval` on newer ones when it is set.
+    pub fn first_probe(&self, engine_has_start_interval: bool) -> Duration {
+        match self.start_interval {
+            Some(si) if engine_has_start_interval => si.min(self.interval),
+            _ => self.interval,
+        }
+    }
+
+    /// The longest a container can take before Docker calls it healthy or unhealthy:
+    /// the start period, then `retries` failing probes after a first one, each up to
+    /// `interval + timeout` apart.
+    pub fn worst_case(&self) -> Duration {
+        self.start_period + (self.interval + self.timeout) * (self.retries + 1)
+    }
+}
+
+impl std::fmt::Display for ProbeTimings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = |d: Duration| humantime::format_duration(d).to_string();
+        write!(
+            f,
+            "interval {}, timeout {}, retries {}, start_period {}",
+            h(self.interval),
+            h(self.timeout),
+            self.retries,
+            h(self.start_period)
+        )?;
+        if let Some(si) = self.start_interval {
+            write!(f, ", start_interval {}", h(si))?;
+        }
+        Ok(())
+    }
+}
+
+/// Extra time on top of a healthcheck's worst case before a new container is given up:
+/// the engine's probes run late on a loaded node.
+pub const READY_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long a new (or restarted) container may take to become ready: the pool's
+/// `ready_timeout` if set, else at least `floor` (`CLAIM_TIMEOUT_MS`) and at least
+/// the healthcheck's worst case plus [`READY_MARGIN`].
+pub fn ready_deadline(
+    timings: Option<&ProbeTimings>,
+    ready_timeout: Option<Duration>,
+    floor: Duration,
+) -> Duration {
+    if let Some(t) = ready_timeout {
+        return t;
+    }
+    match timings {
+        Some(t) => floor.max(t.worst_case() + READY_MARGIN),
+        None => floor,
+    }
 }
 
 /// The healthcheck command. Docker's `Test` array is built from this exactly once,
@@ -173,6 +292,10 @@ pub struct PoolSpec {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     pub recycle: Recycle,
+    /// How long a new container may take to become ready before it is given up.
+    /// None = derived from the healthcheck (see docs/workloads.md).
+    #[serde(with = "humantime_serde")]
+    pub ready_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

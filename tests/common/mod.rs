@@ -239,6 +239,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -256,6 +261,22 @@ impl Daemon {
         let mut c = self.child.take().expect("daemon not running");
         unsafe_kill(c.id(), "TERM");
         c.wait().expect("wait")
+    }
+
+    /// SIGTERM, then polls for the exit for at most `bound`; None = still running
+    /// (the fixture's drop kills it).
+    pub async fn terminate_within(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.as_ref().expect("daemon not running").id();
+        unsafe_kill(pid, "TERM");
+        let started = Instant::now();
+        while started.elapsed() < bound {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     pub async fn restart(&mut self) {

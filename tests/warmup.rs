@@ -1,0 +1,214 @@
+//! Warm-up with healthchecks as users write them, on the real engine: the seed
+//! README's timings, a readiness deadline from the healthcheck (or
+//! `pool.ready_timeout`), images that exit at once or turn unhealthy.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A busybox `httpd` serving /tmp on :8080, probed with `wget` like a real web app.
+fn httpd_workload(id: &str, healthcheck: &str, pool: &str) -> String {
+    format!(
+        "id: {id}\nimage: {}\nuser: \"1000:1000\"\n\
+         command: [\"sh\", \"-c\", \"echo ok > /tmp/index.html && exec httpd -f -p 8080 -h /tmp\"]\n\
+         healthcheck:\n{healthcheck}\npool:\n{pool}\n",
+        test_image()
+    )
+}
+
+fn error_message(pool: &Value) -> String {
+    pool["lastError"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn events_of(activity: &Value, kind: &str, pool: &str) -> usize {
+    activity["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == kind && e["poolId"] == pool)
+        .count()
+}
+
+/// The seed README's healthcheck, as written: `interval: 30s, timeout: 5s,
+/// retries: 3, start_period: 10s`. Docker 20.10 probes first one interval after
+/// start, so readiness takes ~30 s; the pool must wait for it, not give up at the
+/// claim timeout, and a cold claim must say why it cannot be served sooner.
+#[tokio::test]
+async fn the_seed_healthcheck_timings_warm_a_pool_in_about_one_interval() {
+    let hc = "  test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]\n  interval: 30s\n  timeout: 5s\n  retries: 3\n  start_period: 10s";
+    let d = Daemon::builder()
+        .workload(
+            "web.yaml",
+            &httpd_workload("web", hc, "  min_size: 2\n  max_size: 4"),
+        )
+        // Shorter than the first probe: a claim cannot be served by a new container.
+        .env("BOILERHOUSE_CLAIM_TIMEOUT_MS", "2000")
+        .start()
+        .await;
+    let started = Instant::now();
+
+    // While they start: each starting container shows since when and until when.
+    let v = d
+        .wait_pool("web", Duration::from_secs(20), |v| {
+            v["starting"]
+                .as_array()
+                .is_some_and(|s| s.len() == 2 && s.iter().all(|c| c["readyBy"].is_string()))
+        })
+        .await;
+    // start_period 10s + 4 × (30s + 5s) + 10s margin.
+    assert_eq!(v["readyTimeoutMs"], 160_000, "{v}");
+    assert!(v["lastError"].is_null(), "starting is not failing: {v}");
+    let (s, containers) = d.get("/containers?poolId=web").await;
+    assert_eq!(s, 200);
+    let starting = containers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "starting")
+        .count();
+    assert!(starting >= 1, "{containers}");
+    assert!(containers.to_string().contains("readyBy"), "{containers}");
+
+    // A cold claim now cannot be ready within its 2 s wait, and says why.
+    let (s, body) = d
+        .post("/tenants/early/claim", json!({"poolId": "web"}))
+        .await;
+    assert_eq!(s, 503, "{body}");
+    let msg = body["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        msg.contains("its healthcheck first probes 30s after start"),
+        "{body}"
+    );
+
+    // Ready after about one interval; nothing counted as a failure on the way.
+    let v = d
+        .wait_pool("web", Duration::from_secs(90), |v| {
+            v["idleCount"].as_u64() >= Some(2)
+        })
+        .await;
+    let took = started.elapsed();
+    assert!(v["lastError"].is_null(), "{v}");
+    eprintln!("seed timings: 2 idle after {took:?}");
+    let claim = d.claim("t1", json!({"poolId": "web"})).await;
+    assert_eq!(claim["reused"], false, "{claim}");
+}
+
+/// `pool.ready_timeout` overrides the derived deadline; a container that has not
+/// passed its healthcheck by then is given up with a sentence saying why.
+#[tokio::test]
+async fn a_container_past_its_ready_timeout_is_given_up_with_the_reason() {
+    let hc = "  test: [\"CMD\", \"true\"]\n  interval: 30s";
+    let d = Daemon::builder()
+        .workload(
+            "slow.yaml",
+            &httpd_workload("slow", hc, "  min_size: 1\n  ready_timeout: 3s"),
+        )
+        .start()
+        .await;
+    let v = d
+        .wait_pool("slow", Duration::from_secs(30), |v| {
+            !v["lastError"].is_null()
+        })
+        .await;
+    let msg = error_message(&v);
+    assert!(msg.contains("did not become ready within 3s"), "{msg}");
+    assert!(
+        msg.contains("no health probe has run yet (its healthcheck first probes 30s after start)"),
+        "{msg}"
+    );
+    assert_eq!(v["readyTimeoutMs"], 3000, "{v}");
+}
+
+/// An image whose process exits at once, and one that runs for a second (it looks
+/// ready, then dies while idle): `lastError` gives the exit code and the last lines
+/// of its output, and creation backs off instead of looping.
+#[tokio::test]
+async fn an_image_that_exits_reports_its_exit_code_and_output_and_backs_off() {
+    let crash = |id: &str, pause: &str| {
+        format!(
+            "id: {id}\nimage: {}\nuser: \"1000:1000\"\n\
+             command: [\"sh\", \"-c\", \"{pause}echo starting up; echo 'fatal: config missing' >&2; exit 3\"]\n\
+             pool:\n  min_size: 2\n",
+            test_image()
+        )
+    };
+    let d = Daemon::builder()
+        .workload("crash.yaml", &crash("crash", ""))
+        .workload("late.yaml", &crash("late", "sleep 1; "))
+        .start()
+        .await;
+    for pool in ["crash", "late"] {
+        let v = d
+            .wait_pool(pool, Duration::from_secs(30), |v| !v["lastError"].is_null())
+            .await;
+        let msg = error_message(&v);
+        assert!(msg.contains("exit code 3"), "{msg}");
+        assert!(msg.contains("fatal: config missing"), "{msg}");
+        assert!(msg.contains("starting up"), "{msg}");
+    }
+    let v = d.pool("crash").await;
+    assert_eq!(v["status"], "error", "{v}");
+    // The claim is refused with the reason rather than left to wait.
+    let (s, body) = d.post("/tenants/a/claim", json!({"poolId": "crash"})).await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body.to_string().contains("exit code 3"), "{body}");
+    // Backoff (0.5 s, 1 s, 2 s, 4 s, … per failure, kept until a container stays up
+    // 10 s): over 8 s a handful of attempts per pool, where a hot loop makes dozens.
+    let (_, before) = d.get("/activity?limit=1000").await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (_, after) = d.get("/activity?limit=1000").await;
+    for pool in ["crash", "late"] {
+        let attempts =
+            events_of(&after, "pool.error", pool) - events_of(&before, "pool.error", pool);
+        assert!(
+            attempts <= 6,
+            "{pool}: {attempts} failed creations in 8 s: no backoff"
+        );
+    }
+    // No crashed container is left behind.
+    assert!(
+        containers_of(&d.instance).len() <= 4,
+        "{:?}",
+        containers_of(&d.instance)
+    );
+}
+
+/// An idle container whose healthcheck starts failing is taken out of the pool and
+/// removed; `lastError` quotes the probe's output; the pool creates a replacement.
+#[tokio::test]
+async fn a_container_that_turns_unhealthy_is_removed_and_its_probe_output_quoted() {
+    // Healthy for ~3 s, then the probe fails with a message.
+    let yaml = format!(
+        "id: sick\nimage: {}\nuser: \"1000:1000\"\n\
+         command: [\"sh\", \"-c\", \"sleep 3; touch /tmp/sick; exec sleep 1000\"]\n\
+         healthcheck:\n  test: [\"CMD-SHELL\", \"if [ -e /tmp/sick ]; then echo 'db connection refused'; exit 1; fi\"]\n  interval: 1s\n  timeout: 2s\n  retries: 1\n\
+         pool:\n  min_size: 1\n  max_size: 2\n",
+        test_image()
+    );
+    let d = Daemon::builder().workload("sick.yaml", &yaml).start().await;
+    let first = d.wait_idle("sick", 1).await;
+    assert!(first["lastError"].is_null(), "{first}");
+    let (_, cs) = d.get("/containers?poolId=sick").await;
+    let first_id = cs.as_array().unwrap()[0]["id"].as_str().unwrap().to_owned();
+    let v = d
+        .wait_pool("sick", Duration::from_secs(30), |v| {
+            !v["lastError"].is_null()
+        })
+        .await;
+    let msg = error_message(&v);
+    assert!(msg.contains("turned unhealthy"), "{msg}");
+    assert!(msg.contains("db connection refused"), "{msg}");
+    let name = d.docker_name(&first_id);
+    eventually(
+        Duration::from_secs(20),
+        "the unhealthy container removed",
+        || (!docker(&["inspect", &name]).0).then_some(()),
+    )
+    .await;
+}
