@@ -3,6 +3,7 @@
 //! whose containers are removed when the fixture drops — also when a test fails.
 #![allow(dead_code)]
 
+pub mod registry;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
