@@ -4,7 +4,9 @@
 #   .tools/busybox/busybox a static busybox from Debian's busybox-static package
 #   .tools/venv            schemathesis from PyPI
 #   boilerhouse-test:busybox  a local image built FROM scratch around that busybox
-# No container registry is used: the image is built from `scratch`.
+#   docker-registry, htpasswd  Debian packages, for the image-pull tests (apt-get)
+# The test image is built from `scratch`; the pull tests push it to their own
+# loopback registries.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
@@ -43,6 +45,19 @@ if [ ! -x "$tools/busybox/busybox" ]; then
   rm -rf "$work"
 fi
 
+# --- container registry (tests/registry.rs) ----------------------------------
+# Debian's docker-registry (the CNCF distribution registry) and htpasswd. The tests
+# start their own registries on loopback ports with a config file they write; the
+# package's own service is not used (and does not start without an init system).
+if ! command -v docker-registry >/dev/null 2>&1 || ! command -v htpasswd >/dev/null 2>&1; then
+  echo "provision: installing docker-registry and apache2-utils (apt-get)" >&2
+  apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      docker-registry apache2-utils >/dev/null
+  }
+  apt_install || { apt-get update -qq >/dev/null && apt_install; }
+fi
+
 # --- test image -----------------------------------------------------------
 image="${BOILERHOUSE_TEST_IMAGE:-boilerhouse-test:busybox}"
 if ! docker image inspect "$image" >/dev/null 2>&1; then
@@ -53,4 +68,4 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
   docker build -q -t "$image" "$ctx" >/dev/null
   rm -rf "$ctx"
 fi
-echo "provision: ready (rclone, busybox, $image)" >&2
+echo "provision: ready (rclone, busybox, docker-registry, htpasswd, $image)" >&2

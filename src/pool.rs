@@ -45,6 +45,12 @@ const FIRST_LOOK: Duration = Duration::from_millis(500);
 const STARTING_CHECK: Duration = Duration::from_secs(5);
 /// Probe time-outs within this window mark the pool as under load.
 const PRESSURE_WINDOW: Duration = Duration::from_secs(60);
+/// Probe time-outs within [`PRESSURE_WINDOW`] from which the node counts as overloaded.
+const PRESSURE_TIMEOUTS: usize = 3;
+/// Deadline extensions a container whose probes only time out gets under load.
+const MAX_EXTENSIONS: u8 = 3;
+/// How long a container must stay idle before creation failures are forgiven.
+const STABLE: Duration = Duration::from_secs(10);
 /// Lines of a failed container's output quoted in `lastError`.
 const LOG_LINES: usize = 10;
 /// How often the actor looks at deadlines, inactivity and refills.
@@ -513,6 +519,10 @@ struct Entry {
     inspecting: bool,
     /// A health event that arrived while its create call was still in flight.
     early: Option<EventKind>,
+    /// It has been ready before (held back since, e.g. after a probe time-out).
+    was_ready: bool,
+    /// Times its deadline was extended because the node was overloaded.
+    extensions: u8,
 }
 
 impl Entry {
@@ -532,6 +542,8 @@ impl Entry {
             next_check: now,
             inspecting: false,
             early: None,
+            was_ready: status != Status::Starting,
+            extensions: 0,
         }
     }
 }
@@ -1440,10 +1452,15 @@ impl Pool {
         entry.health = "healthy".into();
         entry.idle_since = Instant::now();
         entry.ready_by = None;
+        let again = std::mem::replace(&mut entry.was_ready, true);
         self.idle.push_back(container_id.to_owned());
-        self.failures = 0;
         self.create_limit = (self.create_limit + 1).min(CREATE_CONCURRENCY);
-        self.record(Event::new("container.created", self.id()).container(container_id));
+        let kind = if again {
+            "container.healthy"
+        } else {
+            "container.created"
+        };
+        self.record(Event::new(kind, self.id()).container(container_id));
         self.serve_queue();
     }
 
@@ -1558,18 +1575,16 @@ impl Pool {
                         self.probe_timed_out();
                     }
                     if let Some(entry) = self.containers.get_mut(&container_id) {
-                        if entry.ready_by.is_none_or(|(d, _)| d <= Instant::now()) {
-                            let now = Instant::now();
-                            entry.ready_by = Some((
-                                now + timeout,
-                                Utc::now()
-                                    + chrono::Duration::from_std(timeout).unwrap_or_default(),
-                            ));
-                        }
                         entry.health = "unhealthy (probe timed out)".into();
                         entry.next_check = Instant::now() + STARTING_CHECK;
+                        if entry.ready_by.is_none() {
+                            // Held back from the idle set: it has a deadline again.
+                            let wall = Utc::now()
+                                + chrono::Duration::from_std(timeout).unwrap_or_default();
+                            entry.ready_by = Some((Instant::now() + timeout, wall));
+                        }
                     }
-                    if cause != Look::Deadline {
+                    if cause != Look::Deadline || self.extend_under_pressure(&container_id) {
                         return;
                     }
                 }
@@ -1579,6 +1594,11 @@ impl Pool {
                 );
             }
             EngineHealth::Starting => {
+                let timed_out = report.last_probe.as_ref().is_some_and(|p| p.timed_out);
+                if cause == Look::Deadline && timed_out && self.extend_under_pressure(&container_id)
+                {
+                    return;
+                }
                 if cause == Look::Deadline {
                     let why = match (&report.last_probe, first_probe) {
                         (Some(_), _) => format!("its healthcheck has not passed yet{probe}"),
@@ -1600,6 +1620,27 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// A container whose probes only time out while the node is overloaded (several
+    /// time-outs across the pool in the last minute) gets its deadline again, up to
+    /// [`MAX_EXTENSIONS`] times: replacing it would add the load of a new container
+    /// to a node already too slow to run its probes.
+    fn extend_under_pressure(&mut self, container_id: &str) -> bool {
+        if self.recent_probe_timeouts() < PRESSURE_TIMEOUTS {
+            return false;
+        }
+        let timeout = self.ready_timeout();
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return false;
+        };
+        if entry.extensions >= MAX_EXTENSIONS {
+            return false;
+        }
+        entry.extensions += 1;
+        let wall = Utc::now() + chrono::Duration::from_std(timeout).unwrap_or_default();
+        entry.ready_by = Some((Instant::now() + timeout, wall));
+        true
     }
 
     /// A starting container failed for good: remove it and count the failure.
@@ -1647,8 +1688,12 @@ impl Pool {
             .get_mut(container_id)
             .ok_or_else(|| PoolError::ContainerNotFound(container_id.to_owned()))?;
         match entry.status {
-            Status::Starting => {
+            Status::Starting if entry.creating => {
                 entry.cancelled = true;
+                Ok(())
+            }
+            Status::Starting => {
+                self.remove_container(container_id);
                 Ok(())
             }
             Status::Idle => {
@@ -1794,6 +1839,17 @@ impl Pool {
             .collect();
         for (id, look) in due {
             self.inspect(&id, look);
+        }
+        // The backoff resets once a container has stayed up a while: one that is
+        // ready for a moment and then exits must not reset it (a crash loop).
+        if self.failures > 0
+            && self.idle.iter().any(|c| {
+                self.containers
+                    .get(c)
+                    .is_some_and(|e| e.idle_since.elapsed() >= STABLE)
+            })
+        {
+            self.failures = 0;
         }
         while self
             .probe_timeouts

@@ -76,28 +76,48 @@ pub const BASE_FLAGS: &[&str] = &[
     "16",
     "--checkers",
     "16",
-    // rclone's defaults (10 low-level retries, each also the S3 SDK's attempt count
-    // with its own backoff, × 3 whole-run retries) take more than ten minutes to give
-    // up on an unreachable endpoint, while a claim or a release waits. rclone's pacer
-    // doubles its sleep after every failed call of the process, so each extra attempt
-    // costs more. Measured against a closed port (upload of 2 files): these ≈ 0.7 s;
-    // a third whole-run retry ≈ 6.6 s; 2 low-level retries ≈ 5-8 s; 3 ≈ 15 s (the
-    // first error of a run alone comes after 2.9 s with 2, 5.2 s with 3). Even with
-    // these, every file tries on its own: 5 files took 30.6 s, so the engine also stops
-    // rclone at its first failed connection (`is_unreachable`). A transient error on
-    // one file is still retried by the second run, which redoes only what failed; the
-    // callers retry whole syncs with backoff.
+    // Retries. Real S3 answers `503 SlowDown` and `500 InternalError` under load, and
+    // each request must be retried on its own, with backoff, or a release with many
+    // files fails for one unlucky request. `--low-level-retries` is that per-request
+    // count, at two levels: the S3 SDK's attempts for reads and listings (its standard
+    // retryer: exponential backoff with jitter, capped at 20 s), and rclone's own
+    // retries of each file's PUT (the SDK makes one attempt per upload), spaced by
+    // rclone's S3 pacer, which lengthens the pause between all calls of the process
+    // (up to 2 s) while errors go on and shortens it after successes. Measured against
+    // the test proxy, 50 files, half of all requests failing: 1 (the old value) fails
+    // in 110 s, 3 fails, 5 succeeds (one in thirty files would still fail a run), 10
+    // succeeds. `--retries` redoes, after `--retries-sleep`, only what failed in a run.
+    //
+    // The same retries would hold an unreachable endpoint for minutes (a listing
+    // against a closed port: first error after 0.1 s with 1, 6.9 s with 3, 19.5 s with
+    // 5), so the engine does not leave that to rclone: it checks that the endpoint
+    // accepts a TCP connection when rclone starts and every 2 s while it runs, and
+    // stops rclone at the first failed connection, its own or one rclone logs
+    // (`is_unreachable`) — see `exec`.
     "--retries",
-    "2",
+    "3",
+    "--retries-sleep",
+    "1s",
     "--low-level-retries",
-    "1",
-    // A connection that cannot be made ends the run at once (see `is_unreachable`); a
-    // black-holed endpoint should not hold a claim for rclone's default minute first.
+    "10",
+    // A black-holed endpoint should not hold a claim for rclone's default minute.
     "--contimeout",
     "10s",
     // Symlinks are never followed (rclone's default); this only silences the notice.
     "--skip-links",
 ];
+
+/// How long the engine's own check that the endpoint accepts connections may take
+/// (the same as rclone's `--contimeout`).
+const CONNECT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the check is repeated while rclone runs, so an endpoint that goes away
+/// in the middle of a transfer is noticed as soon (rclone would take one request's
+/// full retries, with backoff, to say so).
+const CONNECT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Proxy variables: with one set, rclone connects to the proxy, not to the endpoint.
+const PROXY_VARS: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"];
 
 /// Variables passed through from the daemon's environment to rclone.
 const PASS_THROUGH: &[&str] = &[
@@ -237,6 +257,9 @@ struct RunCtx<'a> {
     env: Vec<(OsString, OsString)>,
     secrets: Arc<Vec<String>>,
     run_as: Option<(u32, u32)>,
+    /// The endpoint's `host:port`, checked for connections alongside each rclone run
+    /// (None behind an HTTP proxy, which rclone would connect to instead).
+    endpoint: Option<String>,
 }
 
 /// One rclone process to run.
@@ -322,6 +345,7 @@ impl SyncEngine {
             env: rclone_env(&spec.sink, std::env::vars_os()),
             secrets: Arc::new(secret_values(&spec.sink)),
             run_as: run_as(owner),
+            endpoint: endpoint_address(&spec.sink, |name| std::env::var_os(name)),
         };
         if owner.is_some() && ctx.run_as.is_none() {
             tracing::debug!(
@@ -615,44 +639,80 @@ impl SyncEngine {
             ctx.secrets.clone(),
             unreachable_tx,
         ));
-        // Resolves when rclone logs a failed connection; never if it ends without one.
-        let mut unreachable = std::pin::pin!(async {
-            if unreachable_rx.await.is_err() {
-                std::future::pending::<()>().await;
+        // Resolves when the endpoint refuses a connection — found by the engine's own
+        // check (with the reason), or by rclone, which logs it only after all of its
+        // retries of one request — and never if that does not happen.
+        let endpoint = ctx.endpoint.clone();
+        let mut unreachable = std::pin::pin!(async move {
+            let connect_check = async {
+                let Some(address) = endpoint else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    if let Err(reason) = check_connect(&address).await {
+                        return reason;
+                    }
+                    tokio::time::sleep(CONNECT_CHECK_INTERVAL).await;
+                }
+            };
+            tokio::select! {
+                reason = connect_check => Some(reason),
+                logged = unreachable_rx => {
+                    if logged.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    None
+                }
             }
         });
         let stdout = child.stdout.take();
         let outcome = tokio::time::timeout_at(deadline, async {
-            let printed_a_line = match stdout {
-                Some(out) => {
-                    let line = first_line(out).await;
-                    if line {
-                        // Found what we were looking for; the rest of the listing is moot.
-                        let _ = child.start_kill();
+            // rclone goes on after a failed connection: every request tries again
+            // with backoff and every file in turn (minutes with many files), so the
+            // first failed connection, the engine's check or rclone's, ends the run.
+            let reason = {
+                let run = async {
+                    let printed_a_line = match stdout {
+                        Some(out) => {
+                            let line = first_line(out).await;
+                            if line {
+                                // Found what we were looking for; the rest of the
+                                // listing is moot.
+                                let _ = child.start_kill();
+                            }
+                            line
+                        }
+                        None => false,
+                    };
+                    Ok::<_, std::io::Error>((child.wait().await?, printed_a_line))
+                };
+                tokio::select! {
+                    biased;
+                    done = run => {
+                        let (status, printed_a_line) = done?;
+                        return Ok((status, printed_a_line, None));
                     }
-                    line
+                    reason = &mut unreachable => reason,
                 }
-                None => false,
-            };
-            // rclone goes on after a failed connection: every file tries again, and
-            // its pacer doubles the pause after each failure (5 files against a
-            // closed port: 30 s; 100 files: minutes), so the first one ends the run.
-            let gave_up = tokio::select! {
-                status = child.wait() => return Ok((status?, printed_a_line, false)),
-                () = &mut unreachable => true,
             };
             let _ = child.start_kill();
             let status = child.wait().await?;
-            Ok::<_, std::io::Error>((status, printed_a_line, gave_up))
+            Ok::<_, std::io::Error>((status, false, Some(reason)))
         })
         .await;
         match outcome {
-            Ok(Ok((status, printed_a_line, unreachable))) => Ok(Finished {
-                status,
-                log: log_task.await.unwrap_or_default(),
-                printed_a_line,
-                unreachable,
-            }),
+            Ok(Ok((status, printed_a_line, gave_up))) => {
+                let mut log = log_task.await.unwrap_or_default();
+                if let Some(Some(reason)) = &gave_up {
+                    log.error(reason, &ctx.secrets);
+                }
+                Ok(Finished {
+                    status,
+                    log,
+                    printed_a_line,
+                    unreachable: gave_up.is_some(),
+                })
+            }
             Ok(Err(e)) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
@@ -1132,6 +1192,66 @@ fn is_unreachable(msg: &str) -> bool {
         .any(|cause| msg.contains(cause))
 }
 
+/// `host:port` of the sink's endpoint: its `endpoint` (scheme-less means https, as
+/// rclone reads it), else AWS's regional endpoint. None when an HTTP proxy is set.
+fn endpoint_address(sink: &SinkSpec, env: impl Fn(&str) -> Option<OsString>) -> Option<String> {
+    if PROXY_VARS
+        .iter()
+        .any(|name| env(name).is_some_and(|v| !v.is_empty()))
+    {
+        return None;
+    }
+    let Some(endpoint) = sink.endpoint.as_deref() else {
+        let region = sink.region.as_deref().unwrap_or("us-east-1");
+        return Some(format!("s3.{region}.amazonaws.com:443"));
+    };
+    let (rest, default_port) = match endpoint.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (rest, 80),
+        Some((_, rest)) => (rest, 443),
+        None => (endpoint, 443),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    if authority.is_empty() {
+        return None;
+    }
+    // `[::1]:9000`, `[::1]`, `host:9000`, `host`.
+    let has_port = match authority.rfind(':') {
+        Some(colon) => !authority[colon..].contains(']'),
+        None => false,
+    };
+    Some(if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    })
+}
+
+/// Can a TCP connection to `address` be made? The reason reads like rclone's own
+/// (`connection refused`, `no such host`, `i/o timeout`), so the error says the same
+/// whichever of the two noticed first.
+async fn check_connect(address: &str) -> Result<(), String> {
+    use std::io::ErrorKind;
+    let connect = tokio::net::TcpStream::connect(address);
+    let reason = match tokio::time::timeout(CONNECT_CHECK_TIMEOUT, connect).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => match e.kind() {
+            ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+            ErrorKind::TimedOut => "i/o timeout".to_owned(),
+            ErrorKind::HostUnreachable => "no route to host".to_owned(),
+            ErrorKind::NetworkUnreachable => "network is unreachable".to_owned(),
+            _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => {
+                format!("no such host ({e})")
+            }
+            _ => e.to_string(),
+        },
+        Err(_) => format!("i/o timeout after {CONNECT_CHECK_TIMEOUT:?}"),
+    };
+    Err(format!(
+        "cannot connect to the endpoint {address}: {reason}"
+    ))
+}
+
 /// Did the stream carry at least one non-empty line?
 async fn first_line(out: impl AsyncRead + Unpin) -> bool {
     let mut reader = BufReader::new(out);
@@ -1508,6 +1628,48 @@ mod tests {
             log.errors,
             ["Failed to copy: operation error S3: PutObject, https response error StatusCode: 500, api error InternalError: Internal Error"]
         );
+    }
+
+    #[test]
+    fn the_endpoint_checked_for_connections_is_the_one_rclone_uses() {
+        let no_env = |_: &str| None;
+        let mut s = sink(true, Some("http://127.0.0.1:9000"));
+        assert_eq!(endpoint_address(&s, no_env).unwrap(), "127.0.0.1:9000");
+        for (endpoint, address) in [
+            ("http://minio.local/", "minio.local:80"),
+            ("https://s3.example.com/x?y", "s3.example.com:443"),
+            ("s3.example.com", "s3.example.com:443"),
+            ("http://[::1]:9000", "[::1]:9000"),
+            ("https://[::1]", "[::1]:443"),
+        ] {
+            s.endpoint = Some(endpoint.into());
+            assert_eq!(endpoint_address(&s, no_env).unwrap(), address, "{endpoint}");
+        }
+        let aws = sink(false, None);
+        assert_eq!(
+            endpoint_address(&aws, no_env).unwrap(),
+            "s3.eu-west-1.amazonaws.com:443"
+        );
+        // Behind a proxy rclone never connects to the endpoint itself.
+        let proxied = |name: &str| (name == "HTTPS_PROXY").then(|| OsString::from("http://p:3128"));
+        assert_eq!(endpoint_address(&s, proxied), None);
+        let empty = |name: &str| (name == "HTTPS_PROXY").then(OsString::new);
+        assert!(endpoint_address(&s, empty).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_reported_in_rclones_words() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let err = check_connect(&format!("127.0.0.1:{port}"))
+            .await
+            .unwrap_err();
+        assert!(err.contains("connection refused"), "{err}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap().to_string();
+        assert_eq!(check_connect(&open).await, Ok(()));
     }
 
     #[test]

@@ -125,48 +125,55 @@ async fn a_container_past_its_ready_timeout_is_given_up_with_the_reason() {
     assert_eq!(v["readyTimeoutMs"], 3000, "{v}");
 }
 
-/// An image whose process exits at once: `lastError` gives the exit code and the
-/// last lines of its output, and creation backs off instead of looping.
+/// An image whose process exits at once, and one that runs for a second (it looks
+/// ready, then dies while idle): `lastError` gives the exit code and the last lines
+/// of its output, and creation backs off instead of looping.
 #[tokio::test]
-async fn an_image_that_exits_at_once_reports_its_exit_code_and_output_and_backs_off() {
-    let yaml = format!(
-        "id: crash\nimage: {}\nuser: \"1000:1000\"\n\
-         command: [\"sh\", \"-c\", \"echo starting up; echo 'fatal: config missing' >&2; exit 3\"]\n\
-         pool:\n  min_size: 2\n",
-        test_image()
-    );
+async fn an_image_that_exits_reports_its_exit_code_and_output_and_backs_off() {
+    let crash = |id: &str, pause: &str| {
+        format!(
+            "id: {id}\nimage: {}\nuser: \"1000:1000\"\n\
+             command: [\"sh\", \"-c\", \"{pause}echo starting up; echo 'fatal: config missing' >&2; exit 3\"]\n\
+             pool:\n  min_size: 2\n",
+            test_image()
+        )
+    };
     let d = Daemon::builder()
-        .workload("crash.yaml", &yaml)
+        .workload("crash.yaml", &crash("crash", ""))
+        .workload("late.yaml", &crash("late", "sleep 1; "))
         .start()
         .await;
-    let v = d
-        .wait_pool("crash", Duration::from_secs(30), |v| {
-            !v["lastError"].is_null()
-        })
-        .await;
-    let msg = error_message(&v);
-    assert!(msg.contains("exit code 3"), "{msg}");
-    assert!(msg.contains("fatal: config missing"), "{msg}");
-    assert!(msg.contains("starting up"), "{msg}");
+    for pool in ["crash", "late"] {
+        let v = d
+            .wait_pool(pool, Duration::from_secs(30), |v| !v["lastError"].is_null())
+            .await;
+        let msg = error_message(&v);
+        assert!(msg.contains("exit code 3"), "{msg}");
+        assert!(msg.contains("fatal: config missing"), "{msg}");
+        assert!(msg.contains("starting up"), "{msg}");
+    }
+    let v = d.pool("crash").await;
     assert_eq!(v["status"], "error", "{v}");
     // The claim is refused with the reason rather than left to wait.
     let (s, body) = d.post("/tenants/a/claim", json!({"poolId": "crash"})).await;
     assert_eq!(s, 503, "{body}");
     assert!(body.to_string().contains("exit code 3"), "{body}");
-    // Backoff (0.5 s, 1 s, 2 s, 4 s, … per failure): over 8 s a handful of attempts,
-    // where a hot loop would make dozens.
+    // Backoff (0.5 s, 1 s, 2 s, 4 s, … per failure, kept until a container stays up
+    // 10 s): over 8 s a handful of attempts per pool, where a hot loop makes dozens.
     let (_, before) = d.get("/activity?limit=1000").await;
-    let n0 = events_of(&before, "pool.error", "crash");
     tokio::time::sleep(Duration::from_secs(8)).await;
     let (_, after) = d.get("/activity?limit=1000").await;
-    let attempts = events_of(&after, "pool.error", "crash") - n0;
-    assert!(
-        attempts <= 8,
-        "{attempts} failed creations in 8 s: no backoff"
-    );
+    for pool in ["crash", "late"] {
+        let attempts =
+            events_of(&after, "pool.error", pool) - events_of(&before, "pool.error", pool);
+        assert!(
+            attempts <= 6,
+            "{pool}: {attempts} failed creations in 8 s: no backoff"
+        );
+    }
     // No crashed container is left behind.
     assert!(
-        containers_of(&d.instance).len() <= 2,
+        containers_of(&d.instance).len() <= 4,
         "{:?}",
         containers_of(&d.instance)
     );

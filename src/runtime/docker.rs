@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::stream::{BoxStream, StreamExt};
 
+use super::registry_auth;
 use super::{
     labels, ContainerReport, ContainerSpec, EngineHealth, EngineState, EventKind, ManagedContainer,
     ProbeResult, ProbeTimings, Readiness, Runtime, RuntimeError, RuntimeEvent,
@@ -39,10 +40,16 @@ const START_INTERVAL_API: (usize, usize) = (1, 44);
 pub struct DockerRuntime {
     docker: Docker,
     host: String,
+    /// One pull at a time per image reference (see [`DockerRuntime::pull_once`]).
+    pulls: Arc<StdMutex<HashMap<String, Arc<PullSlot>>>>,
     /// The engine (or a socket proxy in front of it) refused `/containers/{id}/logs`
     /// once: a failed container's output is then not asked for again.
     logs_refused: Arc<AtomicBool>,
 }
+
+/// The lock of one image's pulls, holding the outcome of the last one and when it
+/// ended, so callers that waited for it share its outcome instead of pulling again.
+type PullSlot = tokio::sync::Mutex<Option<(Instant, Result<(), RuntimeError>)>>;
 
 impl DockerRuntime {
     /// Connects as `DOCKER_HOST` says (default: the local socket) and negotiates
@@ -59,6 +66,7 @@ impl DockerRuntime {
         let runtime = Self {
             docker,
             host: host.clone(),
+            pulls: Arc::default(),
             logs_refused: Arc::new(AtomicBool::new(false)),
         };
         runtime.ping().await?;
@@ -180,6 +188,131 @@ struct Inspection {
     detail: String,
 }
 
+impl DockerRuntime {
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, &[404]) => Ok(false),
+            Err(e) => Err(api(e)),
+        }
+    }
+
+    /// Pulls `image`, once however many callers ask at the same time: a pool creates
+    /// many containers at once, and each would otherwise pull the same image (and a
+    /// wrong password would be tried once per container). Callers that waited for a
+    /// pull take its outcome; a caller arriving after a failed pull tries again.
+    async fn pull_once(&self, image: &str) -> Result<(), RuntimeError> {
+        let reference = with_tag(image);
+        let slot = {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            pulls.entry(reference.clone()).or_default().clone()
+        };
+        let asked = Instant::now();
+        let mut last = slot.lock().await;
+        if let Some((ended, outcome)) = last.as_ref() {
+            if *ended >= asked {
+                return outcome.clone();
+            }
+        }
+        // Pulled by a caller that was before us, or by someone else meanwhile.
+        if self.image_present(image).await? {
+            return Ok(());
+        }
+        let outcome = self.pull(image, &reference).await;
+        *last = Some((Instant::now(), outcome.clone()));
+        outcome
+    }
+
+    async fn pull(&self, image: &str, reference: &str) -> Result<(), RuntimeError> {
+        let failed = |message: String| RuntimeError::ImagePull {
+            image: image.to_owned(),
+            message,
+        };
+        let lookup = registry_auth::lookup(reference).await.map_err(failed)?;
+        let source = lookup.credentials.as_ref().map(|c| c.source.clone());
+        tracing::info!(
+            image = %reference,
+            registry = %lookup.registry,
+            credentials = source.as_deref().unwrap_or("none"),
+            "pulling missing image"
+        );
+        let secrets = lookup
+            .credentials
+            .as_ref()
+            .map(registry_auth::Credentials::secrets)
+            .unwrap_or_default();
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(reference)
+            .build();
+        let credentials = lookup.credentials.as_ref().map(|c| c.docker.clone());
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                crate::metrics::docker_error("pull");
+                let raw = scrub(&e.to_string(), &secrets);
+                return Err(failed(describe_pull_failure(reference, &lookup, &raw)));
+            }
+        }
+        // A pull can "succeed" without producing the image (e.g. wrong platform).
+        match self.image_present(image).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(failed(format!(
+                "the pull of {reference} ended without the image (is it for another platform?)"
+            ))),
+            Err(e) => Err(failed(e.to_string())),
+        }
+    }
+}
+
+/// Says in a sentence why a pull failed: authentication, a missing repository or
+/// tag, or whatever else the engine said.
+fn describe_pull_failure(reference: &str, lookup: &registry_auth::Lookup, raw: &str) -> String {
+    let registry = &lookup.registry;
+    let lower = raw.to_ascii_lowercase();
+    let credentials = match &lookup.credentials {
+        Some(c) => format!("with the credentials from {}", c.source),
+        None => format!(
+            "without credentials (none for {registry} in {}; set DOCKER_CONFIG or log in with `docker login {registry}`)",
+            lookup.config.display()
+        ),
+    };
+    // Docker Hub answers both a missing repository and a private one this way.
+    if lower.contains("repository does not exist") {
+        return format!(
+            "{reference} was not found at registry {registry}, or it needs other credentials (pulled {credentials}): {raw}"
+        );
+    }
+    let auth_failed = [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "access denied",
+        "denied:",
+        "401",
+        "incorrect username or password",
+    ]
+    .iter()
+    .any(|m| lower.contains(m));
+    if auth_failed {
+        return format!("authentication failed at registry {registry} {credentials}: {raw}");
+    }
+    let not_found = ["manifest unknown", "not found", "404", "does not exist"]
+        .iter()
+        .any(|m| lower.contains(m));
+    if not_found {
+        return format!(
+            "{reference} was not found at registry {registry} (no such repository or tag): {raw}"
+        );
+    }
+    format!("the pull from registry {registry} failed: {raw}")
+}
+
+fn scrub(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .fold(text.to_owned(), |t, s| t.replace(s.as_str(), "***"))
+}
+
 fn api(e: BollardError) -> RuntimeError {
     RuntimeError::Api(e.to_string())
 }
@@ -242,35 +375,10 @@ impl Runtime for DockerRuntime {
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_status(&e, &[404]) => {}
-            Err(e) => return Err(api(e)),
+        if self.image_present(image).await? {
+            return Ok(());
         }
-        let reference = with_tag(image);
-        tracing::info!(image = %reference, "pulling missing image");
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(&reference)
-            .build();
-        let mut stream = self.docker.create_image(Some(options), None, None);
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                crate::metrics::docker_error("pull");
-                return Err(RuntimeError::ImagePull {
-                    image: image.to_owned(),
-                    message: e.to_string(),
-                });
-            }
-        }
-        // A pull can "succeed" without producing the image (e.g. wrong platform).
-        self.docker
-            .inspect_image(image)
-            .await
-            .map(|_| ())
-            .map_err(|e| RuntimeError::ImagePull {
-                image: image.to_owned(),
-                message: e.to_string(),
-            })
+        self.pull_once(image).await
     }
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
@@ -557,7 +665,52 @@ impl Runtime for DockerRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::with_tag;
+    use super::{describe_pull_failure, registry_auth, scrub, with_tag};
+
+    #[test]
+    fn pull_failures_say_why() {
+        let lookup = |credentials: Option<registry_auth::Credentials>| registry_auth::Lookup {
+            registry: "r.io:5000".into(),
+            config: "/c/config.json".into(),
+            credentials,
+        };
+        let with = registry_auth::Credentials {
+            docker: Default::default(),
+            source: "/c/config.json".into(),
+        };
+        let m = describe_pull_failure(
+            "r.io:5000/a:1",
+            &lookup(Some(with)),
+            "Head \"http://r.io:5000/v2/a/manifests/1\": unauthorized: authentication required",
+        );
+        assert!(m.starts_with("authentication failed at registry r.io:5000 with the credentials from /c/config.json"), "{m}");
+        let m = describe_pull_failure("r.io:5000/a:1", &lookup(None), "no basic auth credentials");
+        assert!(
+            m.contains("without credentials") && m.contains("docker login r.io:5000"),
+            "{m}"
+        );
+        let m = describe_pull_failure(
+            "r.io:5000/a:1",
+            &lookup(None),
+            "manifest for r.io:5000/a:1 not found: manifest unknown",
+        );
+        assert!(
+            m.starts_with("r.io:5000/a:1 was not found at registry r.io:5000"),
+            "{m}"
+        );
+        let m = describe_pull_failure(
+            "a:1",
+            &lookup(None),
+            "pull access denied for a, repository does not exist or may require 'docker login': denied",
+        );
+        assert!(m.contains("was not found at registry r.io:5000, or it needs other credentials (pulled without"), "{m}");
+        let m = describe_pull_failure("r.io:5000/a:1", &lookup(None), "connection refused");
+        assert!(
+            m.starts_with("the pull from registry r.io:5000 failed"),
+            "{m}"
+        );
+        assert_eq!(scrub("pw is pw", &["pw".into()]), "*** is ***");
+    }
 
     #[test]
     fn pulls_name_with_a_tag() {

@@ -6,6 +6,7 @@
 
 pub mod docker;
 pub mod memory;
+pub mod registry_auth;
 pub mod spec;
 
 use std::collections::HashMap;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod hold;
+pub mod registry;
 pub mod s3;
 
 use std::path::{Path, PathBuf};

@@ -14,10 +14,17 @@
 //! race, so tests talk to a proxy that passes the server one request at a time
 //! ([`S3Server::start_new`]); the benchmark, which retries, talks to it directly
 //! ([`S3Server::start_direct`]).
+//!
+//! The proxy can also inject the faults real S3 answers under load ([`Faults`]): a
+//! share of requests answered `503 SlowDown` or `500 InternalError` with S3's XML
+//! error body, or the first PUT of every key failing. A faulted request never reaches
+//! the server, so nothing of it is written ([`S3Server::start_with`]).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -51,6 +58,86 @@ pub fn rclone_bin() -> PathBuf {
     })
 }
 
+/// Faults the proxy injects instead of forwarding a request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Share of requests (0.0 to 1.0) answered at random with `503 SlowDown` or
+    /// `500 InternalError`, half of each.
+    pub rate: f64,
+    /// The first PUT of every key is answered `500 InternalError`; the next succeeds.
+    pub first_put_fails: bool,
+    /// After this many requests the proxy stops listening and closes its connections,
+    /// as an endpoint that goes away in the middle of a transfer (until restarted).
+    pub vanish_after: Option<u64>,
+}
+
+impl Faults {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn rate(rate: f64) -> Self {
+        Self {
+            rate,
+            ..Self::default()
+        }
+    }
+
+    pub fn first_put_fails() -> Self {
+        Self {
+            first_put_fails: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn vanish_after(requests: u64) -> Self {
+        Self {
+            vanish_after: Some(requests),
+            ..Self::default()
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.rate > 0.0 || self.first_put_fails || self.vanish_after.is_some()
+    }
+}
+
+/// What the proxy did, counted over the server's life (restarts included).
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    requests: AtomicU64,
+    slow_down: AtomicU64,
+    internal_error: AtomicU64,
+    server_error: AtomicU64,
+    puts_seen: Mutex<HashSet<String>>,
+}
+
+impl ProxyStats {
+    /// Requests the proxy received, faulted or not.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered `503 SlowDown`.
+    pub fn slow_downs(&self) -> u64 {
+        self.slow_down.load(Ordering::Relaxed)
+    }
+
+    /// Forwarded requests the server itself answered with a 5xx status.
+    pub fn server_errors(&self) -> u64 {
+        self.server_error.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered `500 InternalError` (random or first-PUT faults).
+    pub fn internal_errors(&self) -> u64 {
+        self.internal_error.load(Ordering::Relaxed)
+    }
+
+    pub fn faults(&self) -> u64 {
+        self.slow_downs() + self.internal_errors()
+    }
+}
+
 pub struct S3Server {
     /// Holds `data/` (the served root) and `server.log`.
     dir: tempfile::TempDir,
@@ -60,27 +147,43 @@ pub struct S3Server {
     /// rclone's port.
     backend_port: u16,
     serialized: bool,
+    faults: Faults,
+    stats: Arc<ProxyStats>,
     access_key: String,
     secret_key: String,
     rclone: PathBuf,
     child: Option<Child>,
-    proxy: Option<SerialProxy>,
+    proxy: Option<Proxy>,
 }
 
 impl S3Server {
     /// Starts a server on a free port with fresh credentials and an empty root, behind
     /// a proxy that passes it one request at a time (see the module docs).
     pub async fn start_new() -> Self {
-        Self::create(true).await
+        Self::start_with(true, Faults::none()).await
     }
 
     /// The same without the proxy: clients reach rclone directly, concurrently, and
     /// may see its spurious 500s.
     pub async fn start_direct() -> Self {
-        Self::create(false).await
+        Self::start_with(false, Faults::none()).await
     }
 
-    async fn create(serialized: bool) -> Self {
+    /// Like [`S3Server::start_direct`] (requests reach the server concurrently), but
+    /// through the proxy, which counts the server's own 5xx answers
+    /// ([`ProxyStats::server_errors`]).
+    pub async fn start_observed() -> Self {
+        Self::create(false, Faults::none(), true).await
+    }
+
+    /// A server behind a proxy that injects `faults`, and passes requests one at a
+    /// time when `serialized` (else concurrently: rclone's own spurious 500s add to
+    /// the injected ones). Without faults and unserialized there is no proxy.
+    pub async fn start_with(serialized: bool, faults: Faults) -> Self {
+        Self::create(serialized, faults, serialized || faults.any()).await
+    }
+
+    async fn create(serialized: bool, faults: Faults, proxied: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the S3 server");
         let root = dir.path().join("data");
         std::fs::create_dir_all(&root).expect("S3 root dir");
@@ -88,13 +191,11 @@ impl S3Server {
         let mut server = Self {
             dir,
             root,
-            port: if serialized {
-                free_port()
-            } else {
-                backend_port
-            },
+            port: if proxied { free_port() } else { backend_port },
             backend_port,
             serialized,
+            faults,
+            stats: Arc::default(),
             access_key: random_string(20),
             secret_key: random_string(40),
             rclone: rclone_bin(),
@@ -139,8 +240,14 @@ impl S3Server {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.rclone.display()));
         self.child = Some(child);
         self.wait_until_answering(&log_path).await;
-        if self.serialized {
-            self.proxy = Some(SerialProxy::start(self.port, self.backend_port));
+        if self.port != self.backend_port {
+            self.proxy = Some(Proxy::start(
+                self.port,
+                self.backend_port,
+                self.serialized,
+                self.faults,
+                self.stats.clone(),
+            ));
         }
     }
 
@@ -175,6 +282,11 @@ impl S3Server {
 
     pub fn rclone_bin(&self) -> &Path {
         &self.rclone
+    }
+
+    /// What the proxy saw and injected (all zero without a proxy).
+    pub fn proxy_stats(&self) -> &ProxyStats {
+        &self.stats
     }
 
     pub fn log(&self) -> String {
@@ -261,10 +373,11 @@ pub fn mapping(
     }
 }
 
-/// An HTTP proxy in front of the S3 server that forwards one request at a time, on its
-/// own thread and runtime so it outlives any test's runtime. Requests go through
-/// unchanged (the `Host` header included, which the request signature covers).
-struct SerialProxy {
+/// An HTTP proxy in front of the S3 server that forwards requests (one at a time when
+/// serialized) or answers some with injected faults, on its own thread and runtime so
+/// it outlives any test's runtime. Forwarded requests go through unchanged (the `Host`
+/// header included, which the request signature covers).
+struct Proxy {
     shutdown: tokio::sync::oneshot::Sender<()>,
     thread: JoinHandle<()>,
 }
@@ -272,11 +385,22 @@ struct SerialProxy {
 struct ProxyState {
     client: reqwest::Client,
     backend: String,
-    one_at_a_time: tokio::sync::Mutex<()>,
+    /// Held while a request is forwarded, when serialized.
+    one_at_a_time: Option<tokio::sync::Mutex<()>>,
+    faults: Faults,
+    stats: Arc<ProxyStats>,
+    /// Notified when `vanish_after` requests have been received.
+    vanish: tokio::sync::Notify,
 }
 
-impl SerialProxy {
-    fn start(port: u16, backend_port: u16) -> Self {
+impl Proxy {
+    fn start(
+        port: u16,
+        backend_port: u16,
+        serialized: bool,
+        faults: Faults,
+        stats: Arc<ProxyStats>,
+    ) -> Self {
         let state = Arc::new(ProxyState {
             client: reqwest::Client::builder()
                 .no_proxy()
@@ -284,12 +408,17 @@ impl SerialProxy {
                 .build()
                 .expect("proxy HTTP client"),
             backend: format!("http://127.0.0.1:{backend_port}"),
-            one_at_a_time: tokio::sync::Mutex::new(()),
+            one_at_a_time: serialized.then(|| tokio::sync::Mutex::new(())),
+            faults,
+            stats,
+            vanish: tokio::sync::Notify::new(),
         });
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound, listening) = std::sync::mpsc::channel::<std::io::Result<()>>();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            // Two workers: an unserialized proxy passes requests on concurrently.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .expect("proxy runtime");
@@ -306,10 +435,13 @@ impl SerialProxy {
                         return;
                     }
                 };
-                let app = axum::Router::new().fallback(forward).with_state(state);
+                let app = axum::Router::new()
+                    .fallback(forward)
+                    .with_state(state.clone());
                 tokio::select! {
                     served = axum::serve(listener, app) => served.expect("S3 proxy"),
                     _ = stopped => {}
+                    () = state.vanish.notified() => {}
                 }
             });
             // Dropping the runtime closes the listener and every open connection.
@@ -326,6 +458,77 @@ impl SerialProxy {
         let _ = self.shutdown.send(());
         let _ = self.thread.join();
     }
+}
+
+/// The S3 errors the proxy injects.
+#[derive(Clone, Copy)]
+enum InjectedFault {
+    SlowDown,
+    InternalError,
+}
+
+impl ProxyState {
+    /// Decides whether this request is answered with a fault instead of forwarded.
+    fn fault_for(&self, method: &axum::http::Method, path: &str) -> Option<InjectedFault> {
+        let seen = self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.faults.vanish_after.is_some_and(|n| seen >= n) {
+            self.vanish.notify_one();
+        }
+        if self.faults.first_put_fails && method == axum::http::Method::PUT {
+            let first = self
+                .stats
+                .puts_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.to_owned());
+            if first {
+                return Some(InjectedFault::InternalError);
+            }
+        }
+        let mut rng = rand::rng();
+        if self.faults.rate > 0.0 && rng.random_bool(self.faults.rate.min(1.0)) {
+            return Some(if rng.random_bool(0.5) {
+                InjectedFault::SlowDown
+            } else {
+                InjectedFault::InternalError
+            });
+        }
+        None
+    }
+}
+
+/// The answer real S3 gives for `fault`: status, XML error body, request id header.
+fn fault_response(fault: InjectedFault, path: &str) -> axum::response::Response {
+    let (status, code, message) = match fault {
+        InjectedFault::SlowDown => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "SlowDown",
+            "Please reduce your request rate.",
+        ),
+        InjectedFault::InternalError => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
+    };
+    let request_id = random_string(16).to_uppercase();
+    let resource = path.split('?').next().unwrap_or(path);
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>{message}</Message><Resource>{resource}</Resource>\
+         <RequestId>{request_id}</RequestId></Error>"
+    );
+    let mut response = axum::response::Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/xml"),
+    );
+    if let Ok(id) = axum::http::HeaderValue::from_str(&request_id) {
+        headers.insert("x-amz-request-id", id);
+    }
+    response
 }
 
 /// Headers that belong to one connection, never forwarded.
@@ -360,8 +563,20 @@ async fn forward(
         Err(e) => return proxy_error(format!("reading the request body: {e}")),
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if let Some(fault) = state.fault_for(&parts.method, parts.uri.path()) {
+        match fault {
+            InjectedFault::SlowDown => state.stats.slow_down.fetch_add(1, Ordering::Relaxed),
+            InjectedFault::InternalError => {
+                state.stats.internal_error.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        return fault_response(fault, path);
+    }
     let headers = end_to_end(&parts.headers);
-    let _turn = state.one_at_a_time.lock().await;
+    let _turn = match &state.one_at_a_time {
+        Some(lock) => Some(lock.lock().await),
+        None => None,
+    };
     let sent = state
         .client
         .request(parts.method.clone(), format!("{}{path}", state.backend))
@@ -374,6 +589,9 @@ async fn forward(
         Err(e) => return proxy_error(format!("forwarding {} {path}: {e}", parts.method)),
     };
     let status = answer.status();
+    if status.is_server_error() {
+        state.stats.server_error.fetch_add(1, Ordering::Relaxed);
+    }
     let headers = end_to_end(answer.headers());
     let body = match answer.bytes().await {
         Ok(body) => body,
