@@ -127,7 +127,8 @@ async fn every_file_survives_a_fifth_of_requests_failing() {
 
 #[tokio::test]
 async fn every_file_survives_half_of_requests_failing() {
-    round_trip_under(Faults::rate(0.5), 50).await;
+    // 15 files keep it to about a minute: at this rate rclone's pacer spaces requests.
+    round_trip_under(Faults::rate(0.5), 15).await;
 }
 
 #[tokio::test]
@@ -259,11 +260,19 @@ async fn tenants_sync_at_once_against_an_unserialised_endpoint() {
 
 /// The figure for docs/performance.md: how long a release's upload of 50 files takes
 /// as the share of failing requests grows. Printed, never asserted (timings depend
-/// on the machine), but every file must arrive at each rate.
+/// on the machine), but every file must arrive at each rate. The 50 % row takes
+/// 1.5–2 minutes (rclone's pacer), so `make test` measures 0–30 % and
+/// `BOILERHOUSE_FAULT_FIGURES=full` adds it.
 #[tokio::test]
 async fn upload_time_against_fault_rate() {
     let mut table = String::from("fault rate | upload of 50 files | faults / requests\n");
-    for rate in [0.0, 0.1, 0.3, 0.5] {
+    let full = std::env::var("BOILERHOUSE_FAULT_FIGURES").as_deref() == Ok("full");
+    let rates: &[f64] = if full {
+        &[0.0, 0.1, 0.3, 0.5]
+    } else {
+        &[0.0, 0.1, 0.3]
+    };
+    for &rate in rates {
         let s3 = S3Server::start_with(true, Faults::rate(rate)).await;
         let spec = mirror(&s3);
         let state = tempfile::tempdir().unwrap();
