@@ -1342,9 +1342,22 @@ impl Pool {
         let hash = self.spec_hash.clone();
         let owner = self.owner;
         let image_present = self.image_present.clone();
+        // After a failure, a container must still run at the end of its first look
+        // before it counts as ready: an image that exits within moments is then
+        // caught at creation instead of being handed to a tenant as it dies.
+        let settle = self.failures > 0;
         self.spawn_report(async move {
-            let result =
-                create_container(&ctx, &workload, &hash, &info, owner, &image_present, now).await;
+            let result = create_container(
+                &ctx,
+                &workload,
+                &hash,
+                &info,
+                owner,
+                &image_present,
+                now,
+                settle,
+            )
+            .await;
             Msg::Created {
                 container_id,
                 result,
@@ -2134,6 +2147,7 @@ pub fn endpoints(info: &ContainerInfo) -> Endpoints {
 /// Creates and starts a container and watches it for [`FIRST_LOOK`]: ready then, or
 /// still starting (the actor waits for its health events), or an error that says why
 /// it did not run, with its exit code and last output.
+#[allow(clippy::too_many_arguments)]
 async fn create_container(
     ctx: &PoolContext,
     workload: &Workload,
@@ -2142,6 +2156,7 @@ async fn create_container(
     owner: Owner,
     image_present: &AtomicBool,
     created_at: DateTime<Utc>,
+    settle: bool,
 ) -> Result<(String, Readiness), String> {
     let started = Instant::now();
     let dirs = info.dirs.clone();
@@ -2178,6 +2193,21 @@ async fn create_container(
             .wait_ready(&docker_id, &spec.name, FIRST_LOOK)
             .await
         {
+            Ok(Readiness::Ready) if settle => {
+                tokio::time::sleep(FIRST_LOOK).await;
+                match ctx.runtime.report(&docker_id, LOG_LINES).await {
+                    Ok(r) if !r.running => {
+                        let _ = ctx.runtime.remove(&docker_id).await;
+                        Err(format!(
+                            "container {} exited at once ({}){}",
+                            spec.name,
+                            r.detail,
+                            output_tail(r.log_tail.as_ref())
+                        ))
+                    }
+                    _ => Ok((docker_id, Readiness::Ready)),
+                }
+            }
             Ok(readiness) => Ok((docker_id, readiness)),
             Err(e) => {
                 let message = match ctx.runtime.report(&docker_id, LOG_LINES).await {

@@ -172,16 +172,29 @@ async fn assert_no_orphans(d: &Daemon) {
     }
 }
 
-/// Nothing of the instance is left paused; every container the daemon lists runs.
-fn assert_none_paused(d: &Daemon) {
-    for (cid, name) in engine_containers(d) {
-        // A container removed since the listing is not paused either.
-        let (ok, out) = docker(&["inspect", "--format", "{{json .State}}", &name]);
-        if !ok {
-            continue;
+/// Nothing of the instance stays paused. Polled: a container whose release just
+/// ended (recycle `destroy`) is still paused for the moment until its removal.
+async fn assert_none_paused(d: &Daemon) {
+    let started = std::time::Instant::now();
+    loop {
+        let paused: Vec<String> = engine_containers(d)
+            .into_iter()
+            .filter(|(_, name)| {
+                let (ok, out) = docker(&["inspect", "--format", "{{json .State}}", name]);
+                // A container removed since the listing is not paused either.
+                ok && serde_json::from_str::<Value>(&out).expect("State JSON")["Paused"] == true
+            })
+            .map(|(cid, _)| cid)
+            .collect();
+        if paused.is_empty() {
+            return;
         }
-        let state: Value = serde_json::from_str(&out).expect("State JSON");
-        assert_eq!(state["Paused"], false, "{cid} is still paused: {state}");
+        assert!(
+            started.elapsed() < WAIT,
+            "still paused: {paused:?}\n{}",
+            d.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -190,7 +203,7 @@ async fn after_restart(d: &Daemon) {
     d.wait_pool(POOL, WAIT, |p| p["idleCount"].as_u64() >= Some(1))
         .await;
     assert_no_orphans(d).await;
-    assert_none_paused(d);
+    assert_none_paused(d).await;
     // An idle container never holds anyone's files.
     for c in listed(d).await {
         if c["status"] == "idle" {

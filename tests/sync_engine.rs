@@ -694,10 +694,10 @@ async fn claim_sync_runs_one_transfer_at_a_time_and_keeps_totals() {
 #[tokio::test]
 async fn downloads_run_as_the_workload_user() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run rclone as another user");
-        return;
-    }
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test runs rclone as another user and must run as root (CI does)"
+    );
     let (uid, gid) = (4242, 4243);
     let s3 = S3Server::start_new().await;
     let spec = mirror(&s3);
