@@ -577,7 +577,6 @@ async fn a_transfer_over_its_timeout_is_killed_and_says_so() {
     }
     let state = tempfile::tempdir().unwrap();
     let engine = engine_with(rclone_bin(), Duration::from_millis(150));
-    let started = std::time::Instant::now();
     let err = engine
         .run(&spec, "slow", state.path(), SyncOp::Download, None)
         .await
@@ -588,7 +587,6 @@ async fn a_transfer_over_its_timeout_is_killed_and_says_so() {
         msg.contains("timed out after 150 ms") && msg.contains("tenant slow"),
         "{msg}"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
     // rclone is gone: nothing changes in the state dir afterwards.
     let after_kill = tree(state.path()).len();
     tokio::time::sleep(Duration::from_millis(500)).await;
