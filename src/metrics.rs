@@ -87,5 +87,13 @@ pub fn set_pool_gauges(pools: &[PoolView]) {
         metrics::gauge!("boilerhouse_pool_max_size", "pool" => p.id.clone()).set(p.max_size as f64);
         metrics::gauge!("boilerhouse_pool_healthy", "pool" => p.id.clone())
             .set(if p.status == "healthy" { 1.0 } else { 0.0 });
+        // Warm-up under load: probe time-outs in the last minute, and how many create
+        // calls the pool allows in flight because of them.
+        metrics::gauge!("boilerhouse_pool_probe_timeouts", "pool" => p.id.clone())
+            .set(p.probe_timeouts as f64);
+        metrics::gauge!("boilerhouse_pool_create_concurrency", "pool" => p.id.clone())
+            .set(p.create_concurrency as f64);
+        metrics::gauge!("boilerhouse_pool_ready_timeout_seconds", "pool" => p.id.clone())
+            .set(p.ready_timeout_ms as f64 / 1000.0);
     }
 }

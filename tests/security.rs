@@ -121,6 +121,9 @@ async fn metrics_and_the_event_stream_follow_claims() {
         "boilerhouse_release_duration_seconds_bucket",
         "boilerhouse_container_create_duration_seconds_bucket",
         "boilerhouse_containers{pool=\"web\",state=\"idle\"}",
+        "boilerhouse_pool_probe_timeouts{pool=\"web\"} 0",
+        "boilerhouse_pool_create_concurrency{pool=\"web\"}",
+        "boilerhouse_pool_ready_timeout_seconds{pool=\"web\"}",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

@@ -63,6 +63,11 @@ async fn the_seed_healthcheck_timings_warm_a_pool_in_about_one_interval() {
         .await;
     // start_period 10s + 4 × (30s + 5s) + 10s margin.
     assert_eq!(v["readyTimeoutMs"], 160_000, "{v}");
+    let (_, metrics) = raw_request(d.port, "GET", "/metrics", "").await;
+    assert!(
+        metrics.contains("boilerhouse_pool_ready_timeout_seconds{pool=\"web\"} 160"),
+        "{metrics}"
+    );
     assert!(v["lastError"].is_null(), "starting is not failing: {v}");
     let (s, containers) = d.get("/containers?poolId=web").await;
     assert_eq!(s, 200);
