@@ -70,26 +70,6 @@ fn remote(s3: &S3Server, tenant: &str) -> PathBuf {
     s3.root_dir().join(BUCKET).join("tenants").join(tenant)
 }
 
-fn listing(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Every file of `expected` is under `dir` with its content.
 fn holds_all(dir: &Path, expected: &[(String, String)]) -> Result<(), String> {
     for (rel, content) in expected {

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use boilerhouse::sync::{ClaimSync, SyncEngine, SyncError, SyncOp, SyncState};
-use boilerhouse::workload::spec::{SyncDirection, SyncMode, SyncSpec};
+use boilerhouse::workload::spec::{SyncDirection, SyncMode};
+use common::file_tree;
 use common::s3::{mapping, rclone_bin, S3Server};
 
 const BUCKET: &str = "state";
@@ -21,40 +22,6 @@ fn engine_with(bin: PathBuf, timeout: Duration) -> SyncEngine {
 
 fn engine() -> SyncEngine {
     engine_with(rclone_bin(), Duration::from_secs(60))
-}
-
-fn mirror(s3: &S3Server) -> SyncSpec {
-    s3.sync_spec(
-        BUCKET,
-        vec![mapping(
-            "/",
-            SyncDirection::Bidirectional,
-            SyncMode::Sync,
-            None,
-        )],
-    )
-}
-
-/// Every regular file below `dir`, relative path → content.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                let rel = path.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
 }
 
 fn write(path: &Path, content: &[u8]) {
@@ -81,7 +48,7 @@ fn wrapper(dir: &Path, body: &str) -> PathBuf {
 #[tokio::test]
 async fn download_restores_seeded_objects() {
     let s3 = S3Server::start_new().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     s3.seed(BUCKET, "alice", "notes.txt", b"hello");
     s3.seed(BUCKET, "alice", "deep/nested/dir/data.bin", &[7u8; 3000]);
     let state = tempfile::tempdir().unwrap();
@@ -98,7 +65,7 @@ async fn download_restores_seeded_objects() {
         (2, 3005),
         "{r:?}"
     );
-    let files = tree(state.path());
+    let files = file_tree(state.path());
     assert_eq!(files["notes.txt"], b"hello");
     assert_eq!(files["deep/nested/dir/data.bin"], vec![7u8; 3000]);
     assert_eq!(files.len(), 2);
@@ -107,7 +74,7 @@ async fn download_restores_seeded_objects() {
 #[tokio::test]
 async fn a_tenant_without_remote_data_downloads_nothing_and_keeps_local_files() {
     let s3 = S3Server::start_new().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     s3.seed(BUCKET, "someone-else", "x", b"x");
 
     // Empty state dir, missing state dir, and a non-empty one in mirror mode (where a
@@ -125,11 +92,11 @@ async fn a_tenant_without_remote_data_downloads_nothing_and_keeps_local_files() 
         assert!(results[0].success, "{results:?}");
         assert_eq!(results[0].files_transferred, 0);
     }
-    assert_eq!(tree(full.path()).len(), 2, "nothing deleted locally");
-    assert_eq!(tree(empty.path()).len(), 0);
+    assert_eq!(file_tree(full.path()).len(), 2, "nothing deleted locally");
+    assert_eq!(file_tree(empty.path()).len(), 0);
 
     // Same for a bucket that does not exist at all.
-    let mut no_bucket = mirror(&s3);
+    let mut no_bucket = s3.mirror_spec(BUCKET);
     no_bucket.sink.bucket = "never-created".into();
     for dir in [empty.path(), full.path()] {
         let results = engine()
@@ -138,13 +105,13 @@ async fn a_tenant_without_remote_data_downloads_nothing_and_keeps_local_files() 
             .expect("a missing bucket is no remote data");
         assert!(results[0].success && results[0].files_transferred == 0);
     }
-    assert_eq!(tree(full.path()).len(), 2, "nothing deleted locally");
+    assert_eq!(file_tree(full.path()).len(), 2, "nothing deleted locally");
 }
 
 #[tokio::test]
 async fn upload_then_download_round_trips_every_file() {
     let s3 = S3Server::start_new().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     let src = tempfile::tempdir().unwrap();
     let mut expected = BTreeMap::new();
     for i in 0..60u32 {
@@ -170,7 +137,11 @@ async fn upload_then_download_round_trips_every_file() {
     assert_eq!(up[0].files_transferred, expected.len() as u64, "{up:?}");
     let total: usize = expected.values().map(Vec::len).sum();
     assert_eq!(up[0].bytes_transferred, total as u64);
-    assert_eq!(tree(&tenant_remote(&s3, "rt")), expected, "objects = files");
+    assert_eq!(
+        file_tree(&tenant_remote(&s3, "rt")),
+        expected,
+        "objects = files"
+    );
 
     let dst = tempfile::tempdir().unwrap();
     let down = engine()
@@ -178,7 +149,7 @@ async fn upload_then_download_round_trips_every_file() {
         .await
         .expect("download");
     assert_eq!(down[0].files_transferred, expected.len() as u64);
-    assert_eq!(tree(dst.path()), expected);
+    assert_eq!(file_tree(dst.path()), expected);
 
     // Nothing changed: a second upload moves nothing.
     let again = engine()
@@ -213,7 +184,7 @@ async fn sync_mode_mirrors_deletions_and_copy_mode_never_deletes() {
         .await
         .expect("second upload");
     assert_eq!(results.len(), 2);
-    let remote: Vec<String> = tree(&tenant_remote(&s3, "t")).into_keys().collect();
+    let remote: Vec<String> = file_tree(&tenant_remote(&s3, "t")).into_keys().collect();
     assert_eq!(
         remote,
         ["keep/a", "keep/b", "mirror/a"],
@@ -227,7 +198,7 @@ async fn sync_mode_mirrors_deletions_and_copy_mode_never_deletes() {
         .run(&spec, "t", state.path(), SyncOp::Download, None)
         .await
         .expect("download");
-    let local: Vec<String> = tree(state.path()).into_keys().collect();
+    let local: Vec<String> = file_tree(state.path()).into_keys().collect();
     assert_eq!(local, ["keep/a", "keep/b", "keep/local-only", "mirror/a"]);
 }
 
@@ -264,13 +235,13 @@ async fn directions_select_mappings() {
         ["up"]
     );
 
-    let local: Vec<String> = tree(state.path()).into_keys().collect();
+    let local: Vec<String> = file_tree(state.path()).into_keys().collect();
     assert_eq!(
         local,
         ["down/remote-down", "up/local-up"],
         "upload-only is never downloaded; download mirrors"
     );
-    let remote: Vec<String> = tree(&tenant_remote(&s3, "t")).into_keys().collect();
+    let remote: Vec<String> = file_tree(&tenant_remote(&s3, "t")).into_keys().collect();
     assert_eq!(
         remote,
         ["down/remote-down", "up/local-up"],
@@ -299,7 +270,7 @@ async fn patterns_filter_what_moves() {
         .await
         .expect("upload");
     assert_eq!(up[0].files_transferred, 2);
-    let remote: Vec<String> = tree(&tenant_remote(&s3, "t")).into_keys().collect();
+    let remote: Vec<String> = file_tree(&tenant_remote(&s3, "t")).into_keys().collect();
     assert_eq!(remote, ["logs/app.log", "logs/old/deep.log"]);
 
     // A remote object that does not match is neither downloaded nor a reason to keep
@@ -310,7 +281,7 @@ async fn patterns_filter_what_moves() {
         .run(&spec, "t", state.path(), SyncOp::Download, None)
         .await
         .expect("download");
-    let local: Vec<String> = tree(state.path()).into_keys().collect();
+    let local: Vec<String> = file_tree(state.path()).into_keys().collect();
     assert_eq!(local, ["logs/old/deep.log", "logs/skip.txt"]);
 }
 
@@ -319,13 +290,13 @@ async fn a_missing_local_dir_uploads_nothing_and_deletes_nothing_remote() {
     let s3 = S3Server::start_new().await;
     s3.seed(BUCKET, "t", "precious", b"keep me");
     s3.seed(BUCKET, "t", "sub/precious", b"keep me too");
-    let before = tree(&tenant_remote(&s3, "t"));
+    let before = file_tree(&tenant_remote(&s3, "t"));
     let base = tempfile::tempdir().unwrap();
 
     // The whole state dir is gone (mirroring it would wipe the tenant's data).
     let results = engine()
         .run(
-            &mirror(&s3),
+            &s3.mirror_spec(BUCKET),
             "t",
             &base.path().join("gone"),
             SyncOp::Upload,
@@ -345,7 +316,11 @@ async fn a_missing_local_dir_uploads_nothing_and_deletes_nothing_remote() {
         .await
         .expect("nothing to upload is not an error");
     assert!(results[0].success && results[0].files_transferred == 0);
-    assert_eq!(tree(&tenant_remote(&s3, "t")), before, "remote untouched");
+    assert_eq!(
+        file_tree(&tenant_remote(&s3, "t")),
+        before,
+        "remote untouched"
+    );
 }
 
 #[tokio::test]
@@ -372,14 +347,14 @@ async fn a_mapping_through_a_symlink_is_refused() {
             .expect_err("a symlinked mapping must be refused");
         assert!(err.to_string().contains("symbolic link"), "{err}");
     }
-    assert_eq!(tree(elsewhere.path()).len(), 1);
+    assert_eq!(file_tree(elsewhere.path()).len(), 1);
     assert!(!s3.object_path(BUCKET, "t", "data/host-file").exists());
 }
 
 #[tokio::test]
 async fn an_outage_fails_loudly_and_touches_nothing() {
     let mut s3 = S3Server::start_new().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     let state = tempfile::tempdir().unwrap();
     write(&state.path().join("a"), b"1");
     write(&state.path().join("d/b"), b"2");
@@ -392,8 +367,8 @@ async fn an_outage_fails_loudly_and_touches_nothing() {
     for i in 0..40 {
         write(&state.path().join(format!("new/{i}")), b"3");
     }
-    let local_before = tree(state.path());
-    let remote_before = tree(&s3.root_dir());
+    let local_before = file_tree(state.path());
+    let remote_before = file_tree(&s3.root_dir());
 
     s3.stop();
     let started = std::time::Instant::now();
@@ -432,9 +407,13 @@ async fn an_outage_fails_loudly_and_touches_nothing() {
         "an unreachable endpoint fails fast, took {:?}",
         started.elapsed()
     );
-    assert_eq!(tree(state.path()), local_before, "nothing local touched");
     assert_eq!(
-        tree(&s3.root_dir()),
+        file_tree(state.path()),
+        local_before,
+        "nothing local touched"
+    );
+    assert_eq!(
+        file_tree(&s3.root_dir()),
         remote_before,
         "nothing remote touched"
     );
@@ -448,13 +427,13 @@ async fn an_outage_fails_loudly_and_touches_nothing() {
         results[0].files_transferred, 40,
         "only the new files: {results:?}"
     );
-    assert_eq!(tree(&tenant_remote(&s3, "t")), local_before);
+    assert_eq!(file_tree(&tenant_remote(&s3, "t")), local_before);
 }
 
 #[tokio::test]
 async fn credentials_never_reach_the_command_line() {
     let s3 = S3Server::start_new().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     let scratch = tempfile::tempdir().unwrap();
     let argv_log = scratch.path().join("argv");
     let env_log = scratch.path().join("env");
@@ -516,7 +495,7 @@ async fn credentials_never_reach_the_command_line() {
 #[tokio::test]
 async fn tenants_never_see_each_others_objects() {
     let s3 = S3Server::start_new().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     s3.seed(BUCKET, "tenant-a", "a-only", b"A");
     let b_state = tempfile::tempdir().unwrap();
     write(&b_state.path().join("b-only"), b"B");
@@ -531,11 +510,11 @@ async fn tenants_never_see_each_others_objects() {
         .await
         .expect("download B");
     assert_eq!(
-        tree(b_state.path()).into_keys().collect::<Vec<_>>(),
+        file_tree(b_state.path()).into_keys().collect::<Vec<_>>(),
         ["b-only"]
     );
     assert_eq!(
-        tree(&tenant_remote(&s3, "tenant-a"))
+        file_tree(&tenant_remote(&s3, "tenant-a"))
             .into_keys()
             .collect::<Vec<_>>(),
         ["a-only"],
@@ -548,7 +527,7 @@ async fn tenants_never_see_each_others_objects() {
         .await
         .expect("download A");
     assert_eq!(
-        tree(a_state.path()).into_keys().collect::<Vec<_>>(),
+        file_tree(a_state.path()).into_keys().collect::<Vec<_>>(),
         ["a-only"]
     );
 
@@ -559,7 +538,10 @@ async fn tenants_never_see_each_others_objects() {
         .run(&spec, "tenant-a", a2.path(), SyncOp::Download, None)
         .await
         .expect("download A again");
-    assert_eq!(tree(a2.path()).into_keys().collect::<Vec<_>>(), ["a-only"]);
+    assert_eq!(
+        file_tree(a2.path()).into_keys().collect::<Vec<_>>(),
+        ["a-only"]
+    );
 
     let err = engine()
         .run(&spec, "../tenant-a", a2.path(), SyncOp::Download, None)
@@ -571,7 +553,7 @@ async fn tenants_never_see_each_others_objects() {
 #[tokio::test]
 async fn a_transfer_over_its_timeout_is_killed_and_says_so() {
     let s3 = S3Server::start_new().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     for i in 0..1000 {
         s3.seed(BUCKET, "slow", &format!("d{}/f{i}", i % 10), &[1u8; 1024]);
     }
@@ -588,16 +570,16 @@ async fn a_transfer_over_its_timeout_is_killed_and_says_so() {
         "{msg}"
     );
     // rclone is gone: nothing changes in the state dir afterwards.
-    let after_kill = tree(state.path()).len();
+    let after_kill = file_tree(state.path()).len();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(tree(state.path()).len(), after_kill);
+    assert_eq!(file_tree(state.path()).len(), after_kill);
     assert!(after_kill < 1000);
 }
 
 #[tokio::test]
 async fn claim_sync_runs_one_transfer_at_a_time_and_keeps_totals() {
     let mut s3 = S3Server::start_new().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     let scratch = tempfile::tempdir().unwrap();
     let lock = scratch.path().join("running");
     let overlaps = scratch.path().join("overlaps");
@@ -698,7 +680,7 @@ async fn downloads_run_as_the_workload_user() {
     );
     let (uid, gid) = (4242, 4243);
     let s3 = S3Server::start_new().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     s3.seed(BUCKET, "u", "mine/file", b"restored");
     s3.seed(BUCKET, "u", "escape/pwned", b"evil");
 

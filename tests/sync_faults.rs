@@ -7,51 +7,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use boilerhouse::sync::{SyncEngine, SyncOp};
-use boilerhouse::workload::spec::{SyncDirection, SyncMode, SyncSpec};
-use common::s3::{mapping, rclone_bin, Faults, S3Server};
+use common::file_tree;
+use common::s3::{rclone_bin, Faults, S3Server};
 use rand::Rng;
 
 const BUCKET: &str = "state";
-
-fn mirror(s3: &S3Server) -> SyncSpec {
-    s3.sync_spec(
-        BUCKET,
-        vec![mapping(
-            "/",
-            SyncDirection::Bidirectional,
-            SyncMode::Sync,
-            None,
-        )],
-    )
-}
-
-/// Every regular file below `dir`, relative path → content.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                let rel = path.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
-}
 
 /// `count` files of random content (1 to 4 KiB) spread over a few directories.
 fn write_files(dir: &Path, count: usize) {
@@ -77,7 +42,7 @@ fn engine(concurrency: usize) -> SyncEngine {
 /// downloads them into an empty directory; every file must arrive intact both ways.
 async fn round_trip_under(faults: Faults, count: usize) {
     let s3 = S3Server::start_with(true, faults).await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     let state = tempfile::tempdir().unwrap();
     write_files(state.path(), count);
     let engine = engine(4);
@@ -90,8 +55,8 @@ async fn round_trip_under(faults: Faults, count: usize) {
     let upload = started.elapsed();
     assert_eq!(results[0].files_transferred, count as u64, "{results:?}");
     assert_eq!(
-        tree(&s3.object_path(BUCKET, "t", "")),
-        tree(state.path()),
+        file_tree(&s3.object_path(BUCKET, "t", "")),
+        file_tree(state.path()),
         "every object uploaded, identical"
     );
 
@@ -103,8 +68,8 @@ async fn round_trip_under(faults: Faults, count: usize) {
         .unwrap_or_else(|e| panic!("download under {faults:?}: {e}"));
     let download = started.elapsed();
     assert_eq!(
-        tree(restored.path()),
-        tree(state.path()),
+        file_tree(restored.path()),
+        file_tree(state.path()),
         "every file restored, identical"
     );
 
@@ -134,14 +99,17 @@ async fn every_file_survives_half_of_requests_failing() {
 #[tokio::test]
 async fn every_file_survives_its_first_put_failing() {
     let s3 = S3Server::start_with(true, Faults::first_put_fails()).await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     let state = tempfile::tempdir().unwrap();
     write_files(state.path(), 50);
     engine(4)
         .run(&spec, "t", state.path(), SyncOp::Upload, None)
         .await
         .expect("upload with every first PUT failing");
-    assert_eq!(tree(&s3.object_path(BUCKET, "t", "")), tree(state.path()));
+    assert_eq!(
+        file_tree(&s3.object_path(BUCKET, "t", "")),
+        file_tree(state.path())
+    );
     assert!(
         s3.proxy_stats().internal_errors() >= 50,
         "each of the 50 keys failed once: {:?}",
@@ -155,7 +123,10 @@ async fn every_file_survives_its_first_put_failing() {
         .await
         .expect("second upload");
     assert_eq!(s3.proxy_stats().internal_errors(), before);
-    assert_eq!(tree(&s3.object_path(BUCKET, "t", "")), tree(state.path()));
+    assert_eq!(
+        file_tree(&s3.object_path(BUCKET, "t", "")),
+        file_tree(state.path())
+    );
 }
 
 /// Stands in for rclone: logs `+` when a run starts and `-` when it ends.
@@ -180,7 +151,7 @@ async fn tenants_sync_at_once_against_an_unserialised_endpoint() {
     const CONCURRENCY: usize = 3;
     const TENANTS: usize = 6;
     let s3 = S3Server::start_observed().await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     let work = tempfile::tempdir().unwrap();
     let runs_log = work.path().join("runs");
     let engine = SyncEngine::new(
@@ -215,8 +186,8 @@ async fn tenants_sync_at_once_against_an_unserialised_endpoint() {
         let results = result.unwrap_or_else(|e| panic!("upload of tenant t{i}: {e}"));
         assert_eq!(results[0].files_transferred, 30, "t{i}: {results:?}");
         assert_eq!(
-            tree(&s3.object_path(BUCKET, &format!("t{i}"), "")),
-            tree(states[i].path()),
+            file_tree(&s3.object_path(BUCKET, &format!("t{i}"), "")),
+            file_tree(states[i].path()),
             "t{i}"
         );
     }
@@ -237,7 +208,11 @@ async fn tenants_sync_at_once_against_an_unserialised_endpoint() {
         .enumerate()
     {
         result.unwrap_or_else(|e| panic!("download of tenant t{i}: {e}"));
-        assert_eq!(tree(restored[i].path()), tree(states[i].path()), "t{i}");
+        assert_eq!(
+            file_tree(restored[i].path()),
+            file_tree(states[i].path()),
+            "t{i}"
+        );
     }
 
     // The engine ran rclone at most CONCURRENCY at a time, and did run several.
@@ -274,7 +249,7 @@ async fn upload_time_against_fault_rate() {
     };
     for &rate in rates {
         let s3 = S3Server::start_with(true, Faults::rate(rate)).await;
-        let spec = mirror(&s3);
+        let spec = s3.mirror_spec(BUCKET);
         let state = tempfile::tempdir().unwrap();
         write_files(state.path(), 50);
         let started = Instant::now();
@@ -283,7 +258,10 @@ async fn upload_time_against_fault_rate() {
             .await
             .unwrap_or_else(|e| panic!("upload at fault rate {rate}: {e}"));
         let took = started.elapsed();
-        assert_eq!(tree(&s3.object_path(BUCKET, "t", "")), tree(state.path()));
+        assert_eq!(
+            file_tree(&s3.object_path(BUCKET, "t", "")),
+            file_tree(state.path())
+        );
         let stats = s3.proxy_stats();
         table.push_str(&format!(
             "{:>9.0}% | {:>15.2} s | {} / {}\n",
@@ -302,7 +280,7 @@ async fn upload_time_against_fault_rate() {
 #[tokio::test]
 async fn an_endpoint_that_goes_away_mid_upload_fails_fast() {
     let s3 = S3Server::start_with(true, Faults::vanish_after(40)).await;
-    let spec = mirror(&s3);
+    let spec = s3.mirror_spec(BUCKET);
     let state = tempfile::tempdir().unwrap();
     write_files(state.path(), 200);
     let started = Instant::now();
@@ -328,7 +306,7 @@ async fn claim_and_release_through_the_daemon_survive_s3_faults() {
     let s3 = S3Server::start_with(true, Faults::rate(0.2)).await;
     let remote = s3.object_path(BUCKET, "alice", "");
     write_files(&remote, 30);
-    let seeded = tree(&remote);
+    let seeded = file_tree(&remote);
     let yaml = common::workload(
         "app",
         &format!(
@@ -346,15 +324,19 @@ async fn claim_and_release_through_the_daemon_survive_s3_faults() {
 
     let v = d.claim("alice", serde_json::json!({})).await;
     let cid = v["containerId"].as_str().unwrap().to_owned();
-    assert_eq!(tree(&d.state_dir(&cid)), seeded, "restored intact");
+    assert_eq!(file_tree(&d.state_dir(&cid)), seeded, "restored intact");
     let (ok, out) = common::docker_exec(
         &d.docker_name(&cid),
         "1000",
         "for i in $(seq 1 20); do echo $i > /state/d0/new$i; done; rm /state/d1/f1",
     );
     assert!(ok, "{out}");
-    let expected = tree(&d.state_dir(&cid));
+    let expected = file_tree(&d.state_dir(&cid));
     d.release("alice", serde_json::json!({})).await;
-    assert_eq!(tree(&remote), expected, "saved intact, deletion mirrored");
+    assert_eq!(
+        file_tree(&remote),
+        expected,
+        "saved intact, deletion mirrored"
+    );
     assert!(s3.proxy_stats().faults() > 0, "{:?}", s3.proxy_stats());
 }

@@ -295,6 +295,19 @@ impl S3Server {
 
     /// A sync spec for this server: bucket `bucket` (created), default prefix
     /// `tenants/${tenantId}/`, these mappings.
+    /// A sync spec mirroring the whole state dir both ways (`/`, bidirectional, `sync`).
+    pub fn mirror_spec(&self, bucket: &str) -> SyncSpec {
+        self.sync_spec(
+            bucket,
+            vec![mapping(
+                "/",
+                SyncDirection::Bidirectional,
+                SyncMode::Sync,
+                None,
+            )],
+        )
+    }
+
     pub fn sync_spec(&self, bucket: &str, mappings: Vec<SyncMapping>) -> SyncSpec {
         std::fs::create_dir_all(self.root.join(bucket)).expect("bucket dir");
         SyncSpec {
