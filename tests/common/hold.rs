@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use tokio::sync::{oneshot, Notify};
+
+use super::s3::end_to_end;
 
 /// When a held request is stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,28 +253,6 @@ impl Drop for HoldProxy {
             let _ = t.join();
         }
     }
-}
-
-/// Headers that belong to one connection, never forwarded.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    headers
-        .iter()
-        .filter(|(name, _)| !hop_by_hop(name))
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect()
 }
 
 /// Takes the first armed rule matching the request, if any.

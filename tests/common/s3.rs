@@ -558,7 +558,8 @@ fn hop_by_hop(name: &axum::http::HeaderName) -> bool {
     )
 }
 
-fn end_to_end(headers: &axum::http::HeaderMap) -> axum::http::HeaderMap {
+/// The end-to-end headers of a request or response (shared with the holding proxy).
+pub fn end_to_end(headers: &axum::http::HeaderMap) -> axum::http::HeaderMap {
     headers
         .iter()
         .filter(|(name, _)| !hop_by_hop(name))
