@@ -6,6 +6,7 @@
 
 pub mod activity;
 pub mod api;
+pub mod backoff;
 pub mod config;
 pub mod edge;
 pub mod fsutil;

@@ -12,12 +12,13 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 
 use crate::activity::ActivityLog;
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::fsutil;
 use crate::ledger::{ClaimRecord, Ledger};
 use crate::pool::{
     self, Adopted, ClaimGrant, ClaimRequest, ClaimView, ContainerInfo, ContainerView, PoolContext,
-    PoolError, PoolHandle, PoolView, ScaleOutcome, Snapshot, SyncTarget,
+    PoolError, PoolHandle, PoolView, ScaleOutcome, Snapshot,
 };
 use crate::runtime::spec::{spec_hash, ContainerDirs};
 use crate::runtime::{labels, EngineHealth, EngineState, Runtime};
@@ -209,33 +210,15 @@ impl ContainerManager {
         Ok(released)
     }
 
-    /// Runs a manual sync; the claim's sync cell serializes it with any other transfer.
+    /// Runs a manual sync; the pool runs it on the claim's sync cell, which
+    /// serializes it with the claim's other transfers.
     pub async fn sync(
         &self,
         pool: &PoolHandle,
         tenant: &TenantId,
         ops: &[SyncOp],
     ) -> Result<Vec<TransferResult>, PoolError> {
-        let spec = pool
-            .workload
-            .sync
-            .as_ref()
-            .ok_or_else(|| PoolError::Invalid("no sync".into()))?;
-        let SyncTarget {
-            sync,
-            container,
-            owner,
-        } = pool.sync_target(tenant.clone()).await?;
-        let mut results = Vec::new();
-        for op in ops {
-            let dir = &container.dirs.state;
-            let r = pool::run_sync(&self.ctx, &sync, spec, pool.id(), tenant, dir, *op, owner)
-                .await
-                .map_err(|e| PoolError::SyncFailed(e.to_string()))?;
-            results.extend(r);
-        }
-        pool.touch(tenant.clone()).await;
-        Ok(results)
+        pool.sync(tenant.clone(), ops.to_vec()).await
     }
 
     pub async fn scale(&self, pool: &PoolHandle, target: i64) -> Result<ScaleOutcome, PoolError> {
@@ -363,7 +346,7 @@ async fn watch_events(
     instance: String,
     pools: BTreeMap<String, PoolHandle>,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut first = true;
     loop {
         let mut stream = runtime.events(&instance);
@@ -376,7 +359,7 @@ async fn watch_events(
         while let Some(item) = stream.next().await {
             match item {
                 Ok(event) => {
-                    delay = Duration::from_millis(200);
+                    backoff.reset();
                     if let Some(p) = pools.get(&event.pool) {
                         p.event(event).await;
                     }
@@ -387,8 +370,7 @@ async fn watch_events(
                 }
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(backoff.fail()).await;
     }
 }
 

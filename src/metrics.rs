@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::pool::PoolView;
-
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 300.0,
@@ -68,32 +66,50 @@ pub fn docker_error(operation: &'static str) {
     metrics::counter!("boilerhouse_docker_errors_total", "operation" => operation).increment(1);
 }
 
+/// One pool's figures for the gauges (the pool module fills it from its view, so
+/// metrics depends on nothing of the pool's).
+pub struct PoolGauges {
+    pub pool: String,
+    pub idle: usize,
+    pub claimed: usize,
+    pub starting: usize,
+    pub releasing: usize,
+    pub min_size: usize,
+    pub max_size: usize,
+    pub healthy: bool,
+    pub probe_timeouts: usize,
+    pub create_concurrency: usize,
+    pub ready_timeout: Duration,
+}
+
 /// Gauges derived from the pools' state at scrape time.
-pub fn set_pool_gauges(pools: &[PoolView]) {
+pub fn set_pool_gauges(pools: impl IntoIterator<Item = PoolGauges>) {
     for p in pools {
-        let released = p
-            .current_size
-            .saturating_sub(p.idle_count + p.claimed_count + p.starting_count);
         for (state, n) in [
-            ("idle", p.idle_count),
-            ("claimed", p.claimed_count),
-            ("starting", p.starting_count),
-            ("releasing", released),
+            ("idle", p.idle),
+            ("claimed", p.claimed),
+            ("starting", p.starting),
+            ("releasing", p.releasing),
         ] {
-            metrics::gauge!("boilerhouse_containers", "pool" => p.id.clone(), "state" => state)
+            metrics::gauge!("boilerhouse_containers", "pool" => p.pool.clone(), "state" => state)
                 .set(n as f64);
         }
-        metrics::gauge!("boilerhouse_pool_min_size", "pool" => p.id.clone()).set(p.min_size as f64);
-        metrics::gauge!("boilerhouse_pool_max_size", "pool" => p.id.clone()).set(p.max_size as f64);
-        metrics::gauge!("boilerhouse_pool_healthy", "pool" => p.id.clone())
-            .set(if p.status == "healthy" { 1.0 } else { 0.0 });
+        metrics::gauge!("boilerhouse_pool_min_size", "pool" => p.pool.clone())
+            .set(p.min_size as f64);
+        metrics::gauge!("boilerhouse_pool_max_size", "pool" => p.pool.clone())
+            .set(p.max_size as f64);
+        metrics::gauge!("boilerhouse_pool_healthy", "pool" => p.pool.clone()).set(if p.healthy {
+            1.0
+        } else {
+            0.0
+        });
         // Warm-up under load: probe time-outs in the last minute, and how many create
         // calls the pool allows in flight because of them.
-        metrics::gauge!("boilerhouse_pool_probe_timeouts", "pool" => p.id.clone())
+        metrics::gauge!("boilerhouse_pool_probe_timeouts", "pool" => p.pool.clone())
             .set(p.probe_timeouts as f64);
-        metrics::gauge!("boilerhouse_pool_create_concurrency", "pool" => p.id.clone())
+        metrics::gauge!("boilerhouse_pool_create_concurrency", "pool" => p.pool.clone())
             .set(p.create_concurrency as f64);
-        metrics::gauge!("boilerhouse_pool_ready_timeout_seconds", "pool" => p.id.clone())
-            .set(p.ready_timeout_ms as f64 / 1000.0);
+        metrics::gauge!("boilerhouse_pool_ready_timeout_seconds", "pool" => p.pool)
+            .set(p.ready_timeout.as_secs_f64());
     }
 }

@@ -108,7 +108,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = &state.metrics else {
         return super::ApiError::Internal("metrics recorder unavailable".into()).into_response();
     };
-    crate::metrics::set_pool_gauges(&state.manager.pool_views().await);
+    crate::metrics::set_pool_gauges(state.manager.pool_views().await.iter().map(Into::into));
     (
         [(
             axum::http::header::CONTENT_TYPE,
