@@ -6,6 +6,7 @@
 
 pub mod activity;
 pub mod api;
+pub mod app;
 pub mod backoff;
 pub mod config;
 pub mod edge;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod pool;
 pub mod preflight;
 pub mod runtime;
+pub mod shutdown;
 pub mod startup;
 pub mod sync;
 pub mod tenant;

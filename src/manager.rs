@@ -22,6 +22,7 @@ use crate::pool::{
 };
 use crate::runtime::spec::{spec_hash, ContainerDirs};
 use crate::runtime::{labels, EngineHealth, EngineState, Runtime};
+use crate::shutdown::Shutdown;
 use crate::sync::{SyncEngine, SyncOp, TransferResult};
 use crate::tenant::TenantId;
 use crate::workload::Workload;
@@ -29,7 +30,6 @@ use crate::workload::Workload;
 pub struct ContainerManager {
     ctx: Arc<PoolContext>,
     pools: BTreeMap<String, PoolHandle>,
-    events: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,7 @@ impl ContainerManager {
         runtime: Arc<dyn Runtime>,
         workloads: Vec<Workload>,
         activity: Arc<ActivityLog>,
+        shutdown: &Shutdown,
     ) -> Result<Self, StartError> {
         for dir in [
             &config.state_dir,
@@ -87,13 +88,13 @@ impl ContainerManager {
             );
             pools.insert(id.clone(), handle);
         }
-        let events = tokio::spawn(watch_events(
+        shutdown.spawn(watch_events(
             runtime.clone(),
             config.instance.clone(),
             pools.clone(),
         ));
-        tokio::spawn(sweep_orphans(ctx.clone(), pools.clone()));
-        Ok(Self { ctx, pools, events })
+        shutdown.spawn(sweep_orphans(ctx.clone(), pools.clone()));
+        Ok(Self { ctx, pools })
     }
 
     pub fn activity(&self) -> &ActivityLog {
@@ -225,10 +226,10 @@ impl ContainerManager {
         pool.scale(target).await
     }
 
-    /// Stops the pools' timers and the event watcher; containers keep running for the
-    /// next start to adopt, and no claimed tenant's state is touched.
+    /// Stops the pools' timers (the event watcher ends with the daemon's
+    /// [`Shutdown`]); containers keep running for the next start to adopt, and no
+    /// claimed tenant's state is touched.
     pub async fn shutdown(&self) {
-        self.events.abort();
         for p in self.pools.values() {
             p.shutdown().await;
         }

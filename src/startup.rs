@@ -3,15 +3,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::net::TcpListener;
 
-use crate::activity::ActivityLog;
-use crate::api::{self, AppState};
+use crate::app::App;
 use crate::config::{Config, LogFormat};
 use crate::edge::EdgeLimits;
-use crate::manager::ContainerManager;
 use crate::runtime::{DockerRuntime, Runtime};
 use crate::workload::{self, Workload};
 
@@ -105,52 +102,33 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     .await
 }
 
-/// Serves on `listener` until `shutdown` completes, then stops the pools (leaving
+/// Serves on `listener` until `signal` completes, then stops the pools (leaving
 /// every container running for the next start).
 pub async fn serve(
     config: Config,
     runtime: Arc<dyn Runtime>,
     workloads: Vec<Workload>,
     listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
-    let metrics = crate::metrics::install();
-    let config = Arc::new(config);
     let pools: Vec<String> = workloads.iter().map(|w| w.id.to_string()).collect();
-    let manager = Arc::new(
-        ContainerManager::start(
-            config.clone(),
-            runtime,
-            workloads,
-            Arc::new(ActivityLog::default()),
-        )
-        .await?,
-    );
-    // Streams (`/events`) never finish on their own, and graceful shutdown waits for
-    // every response: they watch this and end when shutdown begins.
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stopping_tx.send(true);
-    };
-    let state = AppState {
-        manager: manager.clone(),
-        api_token: config.api_token.as_deref().map(Arc::from),
-        started: Instant::now(),
-        metrics,
-        request_timeout: config.request_timeout(),
-        stopping,
-    };
-    let app = api::router(state);
-    let trimmer = tokio::spawn(return_freed_memory());
+    let (instance, limits) = (config.instance.clone(), EdgeLimits::from_config(&config));
+    let app = App::build(config, runtime, workloads).await?;
+    app.shutdown.spawn(return_freed_memory());
     let local = listener.local_addr().map_err(StartupError::Serve)?;
-    tracing::info!(addr = %local, instance = %config.instance, ?pools, "boilerhouse listening");
-    crate::edge::serve(listener, app, EdgeLimits::from_config(&config), shutdown)
+    tracing::info!(addr = %local, instance = %instance, ?pools, "boilerhouse listening");
+    // Streams (`/events`) never finish on their own, and graceful shutdown waits for
+    // every response: they end when shutdown begins.
+    let shutdown = app.shutdown.clone();
+    let begin = async move {
+        signal.await;
+        shutdown.begin();
+    };
+    crate::edge::serve(listener, app.router.clone(), limits, begin)
         .await
         .map_err(StartupError::Serve)?;
     tracing::info!("shutting down: containers stay running for the next start");
-    trimmer.abort();
-    manager.shutdown().await;
+    app.stop().await;
     Ok(())
 }
 

@@ -5,9 +5,21 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::body::{PathParam, QueryParams};
-use super::openapi::{DestroyResponse, ErrorBody};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::pool::ContainerView;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestroyResponse {
+    pub success: bool,
+    pub container_id: String,
+    pub pool_id: String,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -64,4 +76,11 @@ pub async fn destroy(
         container_id: id,
         pool_id: container.pool_id,
     }))
+}
+
+/// The container routes, with their OpenAPI entries.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get, destroy))
 }

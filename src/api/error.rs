@@ -6,7 +6,16 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
+
+/// Every error: a sentence a person can act on, and a stable code.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub code: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

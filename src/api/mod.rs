@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::Uri;
-use axum::routing::{get, post};
+use axum::http::{header, Uri};
+use axum::routing::get;
 use axum::Router;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
@@ -36,8 +38,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Bound on every route but `/events` (see [`limit_duration`]).
     pub request_timeout: Duration,
-    /// Turns true when the daemon begins to shut down; streaming responses end then.
-    pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Streaming responses end when shutdown begins.
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 impl AppState {
@@ -68,40 +70,24 @@ impl AppState {
     }
 }
 
-fn routes(state: &AppState) -> Router<AppState> {
+/// Every route with its OpenAPI entry, and the middleware each group needs.
+fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     let timeout = axum::middleware::from_fn_with_state(state.clone(), limit_duration);
-    let protected = Router::new()
-        .route("/tenants", get(tenants::list))
-        .route("/tenants/{id}", get(tenants::get))
-        .route("/tenants/{id}/claim", post(tenants::claim))
-        .route("/tenants/{id}/release", post(tenants::release))
-        .route("/tenants/{id}/status", get(tenants::status))
-        .route("/tenants/{id}/sync", post(tenants::sync))
-        .route("/pools", get(pools::list))
-        .route("/pools/{id}", get(pools::get))
-        .route("/pools/{id}/scale", post(pools::scale))
-        .route("/containers", get(containers::list))
-        .route(
-            "/containers/{id}",
-            get(containers::get).delete(containers::destroy),
-        )
-        .route("/workloads", get(pools::workloads))
-        .route("/workloads/{id}", get(pools::workload))
-        .route("/stats", get(system::stats))
-        .route("/activity", get(system::activity))
-        .route("/metrics", get(system::metrics))
+    let protected = OpenApiRouter::new()
+        .merge(tenants::routes())
+        .merge(pools::routes())
+        .merge(containers::routes())
+        .merge(system::routes())
         .route_layer(timeout.clone())
         // A stream for as long as the client listens: no request timeout; SSE
         // keep-alive comments keep it from looking dead to proxies.
-        .route("/events", get(system::events))
+        .merge(system::stream_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
-    Router::new()
-        .route("/health", get(system::health))
-        .route("/ready", get(system::ready))
-        .route("/openapi.json", get(openapi::document))
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(system::public_routes())
         .route_layer(timeout)
         .merge(protected)
 }
@@ -124,7 +110,15 @@ async fn limit_duration(
 
 /// The whole application, ready to serve.
 pub fn router(state: AppState) -> Router {
-    let api = routes(&state);
+    let (api, doc) = routes(&state).split_for_parts();
+    // Rendered once: the document is fixed when the router is built.
+    let doc: axum::body::Bytes = serde_json::to_vec(&doc)
+        .expect("the OpenAPI document serializes")
+        .into();
+    let api = api.route(
+        "/openapi.json",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
+    );
     Router::new()
         .merge(api.clone())
         .nest("/api/v1", api)

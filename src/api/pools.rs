@@ -6,10 +6,12 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::body::{JsonBody, PathParam};
-use super::openapi::ErrorBody;
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::pool::{PoolView, ScaleOutcome};
 use crate::workload::Workload;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[utoipa::path(get, path = "/pools", tag = "pools", responses((status = 200, description = "All pools", body = Vec<PoolView>), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Json<Vec<PoolView>> {
@@ -62,4 +64,14 @@ pub async fn workload(
 ) -> Result<Json<Workload>, ApiError> {
     let pool = state.resolve_pool(Some(&id))?;
     Ok(Json((*pool.workload).clone()))
+}
+
+/// The pool and workload routes, with their OpenAPI entries.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get))
+        .routes(routes!(scale))
+        .routes(routes!(workloads))
+        .routes(routes!(workload))
 }

@@ -8,9 +8,25 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::QueryParams;
-use super::openapi::{Activity, ErrorBody, Health};
+use super::error::ErrorBody;
 use super::AppState;
+use crate::activity::Event;
 use crate::activity::CAPACITY;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Activity {
+    pub events: Vec<Event>,
+}
 
 #[utoipa::path(get, path = "/health", tag = "system", security(()), responses((status = 200, description = "Alive", body = Health)))]
 pub async fn health() -> Json<Health> {
@@ -130,26 +146,45 @@ pub async fn events(
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
     let rx = state.manager.activity().subscribe();
-    let stopping = state.stopping.clone();
-    let stream =
-        futures_util::stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
-            // The stream ends when shutdown begins (or the daemon is gone): SIGTERM must
-            // not wait for followers to hang up.
-            let received = tokio::select! {
-                received = rx.recv() => received,
-                _ = stopping.wait_for(|s| *s) => return None,
-            };
-            let item = match received {
-                Ok(event) => SseEvent::default()
-                    .event(event.kind)
-                    .json_data(&event)
-                    .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
-                Err(RecvError::Lagged(n)) => SseEvent::default()
-                    .event("lagged")
-                    .data(format!("{{\"missed\":{n}}}")),
-                Err(RecvError::Closed) => return None,
-            };
-            Some((Ok(item), (rx, stopping)))
-        });
+    let shutdown = state.shutdown.clone();
+    let stream = futures_util::stream::unfold((rx, shutdown), |(mut rx, shutdown)| async move {
+        // The stream ends when shutdown begins (or the daemon is gone): SIGTERM must
+        // not wait for followers to hang up.
+        let received = tokio::select! {
+            received = rx.recv() => received,
+            _ = shutdown.begun() => return None,
+        };
+        let item = match received {
+            Ok(event) => SseEvent::default()
+                .event(event.kind)
+                .json_data(&event)
+                .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
+            Err(RecvError::Lagged(n)) => SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{n}}}")),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(item), (rx, shutdown)))
+    });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Probes anyone may call (no token), bounded by the request timeout.
+pub fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+}
+
+/// Totals, activity and metrics (token when set), bounded by the request timeout.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(stats))
+        .routes(routes!(activity))
+        .routes(routes!(metrics))
+}
+
+/// The event stream: as long as the client listens, so no request timeout.
+pub fn stream_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(events))
 }

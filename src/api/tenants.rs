@@ -9,12 +9,56 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::body::{JsonBody, PathParam};
-use super::openapi::{ErrorBody, ReleaseResponse, Released, TenantClaims, TenantStatus};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::fsutil::validate_secret_name;
 use crate::pool::{endpoints, ClaimRequest, ClaimView, Endpoints, PoolError};
 use crate::sync::{SyncOp, SyncStatus, TransferResult};
 use crate::tenant::TenantId;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Released {
+    pub pool_id: String,
+    pub container_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseResponse {
+    pub success: bool,
+    pub released: Vec<Released>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    pub tenant_id: String,
+    /// `cold` (no claim), `provisioning`, `warm` or `releasing`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub sync_status: Option<crate::sync::SyncStatus>,
+    pub claims: Vec<ClaimView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantClaims {
+    pub tenant_id: String,
+    pub claims: Vec<ClaimView>,
+}
 
 fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(raw).map_err(ApiError::InvalidTenantId)
@@ -309,4 +353,15 @@ pub async fn sync(
         success: results.iter().all(|r| r.success),
         results,
     }))
+}
+
+/// The tenant routes, with their OpenAPI entries.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get))
+        .routes(routes!(claim))
+        .routes(routes!(release))
+        .routes(routes!(status))
+        .routes(routes!(sync))
 }
