@@ -66,15 +66,16 @@ mod tests {
     async fn finish_ends_and_waits_for_every_task() {
         let shutdown = Shutdown::new();
         let ended = Arc::new(AtomicBool::new(false));
-        let flag = ended.clone();
-        shutdown.spawn(async move {
-            struct SetOnDrop(Arc<AtomicBool>);
-            impl Drop for SetOnDrop {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::SeqCst);
-                }
+        struct SetOnDrop(Arc<AtomicBool>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
             }
-            let _guard = SetOnDrop(flag);
+        }
+        // Owned by the task's future, so it drops when the task is ended.
+        let guard = SetOnDrop(ended.clone());
+        shutdown.spawn(async move {
+            let _guard = guard;
             std::future::pending::<()>().await
         });
         assert!(!shutdown.is_begun());
