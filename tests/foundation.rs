@@ -55,6 +55,12 @@ fn validate_reports_every_bad_workload_with_file_key_and_line() {
         "duplicate workload id `twin`",
         "privileged: privileged containers can take over the host",
         "SURELY_UNSET_BOILERHOUSE_VAR",
+        // Flow style: the line of the entry, not of the key that opens the braces.
+        "flow-style.yaml:4: pool.max_size: expected a non-negative integer, found \"x\"",
+        "flow-style.yaml:7: ports[1]: invalid port \"70000\"",
+        "flow-one-line.yaml:3: pool.max_size: expected a non-negative integer, found \"x\"",
+        "flow-one-line.yaml:4: ports[1]: invalid port \"0\"",
+        "flow-one-line.yaml:5: deploy.resources.limits.memroy: unknown key `memroy` (did you mean `memory`?)",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
