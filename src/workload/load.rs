@@ -9,6 +9,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use regex::Regex;
 
 use super::raw;
 use super::spec::*;
@@ -181,7 +184,8 @@ fn load_text(
         .map(|p| LoadError {
             file: file.to_owned(),
             key: (!p.key.is_empty()).then_some(p.key),
-            line: Some(p.line),
+            // An empty document's span may sit past its last line.
+            line: Some(p.line.min(text.lines().count().max(1))),
             message: p.message,
         })
         .collect();
@@ -189,11 +193,16 @@ fn load_text(
     Err(LoadErrors(errors))
 }
 
-/// The parser's message on one line: the line number is already in front of it.
+/// The parser's message for a person (its developer formatter suggests API options),
+/// on one line and without the location: the line number is already in front of it.
 fn parser_message(e: &serde_saphyr::Error) -> String {
-    let text = e.to_string();
-    text.lines().next().unwrap_or_default().trim().to_owned()
+    let text = e.render_with_formatter(&serde_saphyr::UserMessageFormatter);
+    let first = text.lines().next().unwrap_or_default().trim();
+    LOCATION_SUFFIX.replace(first, "").into_owned()
 }
+
+static LOCATION_SUFFIX: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r" at line \d+, column \d+$").expect("valid regex"));
 
 /// The workload used when the workloads directory holds no files: id `default`, the
 /// given image with its own command, no healthcheck, defaults everywhere.

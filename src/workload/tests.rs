@@ -596,3 +596,26 @@ fn an_empty_file_or_a_scalar_is_not_a_workload() {
         );
     }
 }
+
+/// The parser's own errors are worded for a person (no advice on library options)
+/// and carry the line once, in front.
+#[test]
+fn parser_errors_name_their_line_once_and_no_library_options() {
+    for (text, line, needle) in [
+        ("id: a\nid: b\n", 2, "duplicate mapping key `id`"),
+        ("---\nid: a\n---\nid: b\n", 3, "multiple"),
+        ("id: a\nimage: [x\n", 2, "unclosed bracket"),
+    ] {
+        let errors = errs(text);
+        let (key, l, message) = &errors[0];
+        assert_eq!((errors.len(), key.as_str()), (1, ""), "{text}: {errors:?}");
+        assert!(
+            (*l == Some(line) || *l == Some(line + 1)) && message.contains(needle),
+            "{text}: {errors:?}"
+        );
+        assert!(
+            !message.contains("Options") && !message.contains("at line"),
+            "{message}"
+        );
+    }
+}
