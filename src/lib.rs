@@ -18,4 +18,5 @@ pub mod runtime;
 pub mod startup;
 pub mod sync;
 pub mod tenant;
+pub mod ui;
 pub mod workload;

@@ -143,6 +143,7 @@ pub async fn serve(
     };
     let app = api::router(state);
     let trimmer = tokio::spawn(return_freed_memory());
+    let sampler = tokio::spawn(crate::ui::samples::sample_pools(manager.clone()));
     let local = listener.local_addr().map_err(StartupError::Serve)?;
     tracing::info!(addr = %local, instance = %config.instance, ?pools, "boilerhouse listening");
     crate::edge::serve(listener, app, EdgeLimits::from_config(&config), shutdown)
@@ -150,6 +151,7 @@ pub async fn serve(
         .map_err(StartupError::Serve)?;
     tracing::info!("shutting down: containers stay running for the next start");
     trimmer.abort();
+    sampler.abort();
     manager.shutdown().await;
     Ok(())
 }
