@@ -5,6 +5,7 @@
 #   .tools/venv            schemathesis from PyPI
 #   boilerhouse-test:busybox  a local image built FROM scratch around that busybox
 #   docker-registry, htpasswd  Debian packages, for the image-pull tests (apt-get)
+#   chromium, chromedriver     Debian's chromium and chromium-driver, for tests/ui.rs (apt-get)
 # The test image is built from `scratch`; the pull tests push it to their own
 # loopback registries.
 set -euo pipefail
@@ -58,6 +59,18 @@ if ! command -v docker-registry >/dev/null 2>&1 || ! command -v htpasswd >/dev/n
   apt_install || { apt-get update -qq >/dev/null && apt_install; }
 fi
 
+# --- browser (tests/ui.rs) ---------------------------------------------------
+# Debian's chromium and its WebDriver server; the dashboard tests start chromedriver
+# themselves on a free loopback port and drive a headless chromium through it.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "provision: installing chromium and chromium-driver (apt-get)" >&2
+  apt_install_browser() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >/dev/null
+  }
+  apt_install_browser || { apt-get update -qq >/dev/null && apt_install_browser; }
+fi
+
 # --- test image -----------------------------------------------------------
 image="${BOILERHOUSE_TEST_IMAGE:-boilerhouse-test:busybox}"
 if ! docker image inspect "$image" >/dev/null 2>&1; then
@@ -68,4 +81,4 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
   docker build -q -t "$image" "$ctx" >/dev/null
   rm -rf "$ctx"
 fi
-echo "provision: ready (rclone, busybox, docker-registry, htpasswd, $image)" >&2
+echo "provision: ready (rclone, busybox, docker-registry, htpasswd, chromium, chromedriver, $image)" >&2

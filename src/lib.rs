@@ -21,4 +21,5 @@ pub mod shutdown;
 pub mod startup;
 pub mod sync;
 pub mod tenant;
+pub mod ui;
 pub mod workload;

@@ -33,6 +33,8 @@ pub fn claim(pool: &str, result: &'static str, elapsed: Duration) {
         .increment(1);
     metrics::histogram!("boilerhouse_claim_duration_seconds", "pool" => pool.to_owned(), "result" => result)
         .record(elapsed.as_secs_f64());
+    // The dashboard's Metrics page draws from its own samples (no Prometheus needed).
+    crate::ui::samples::record_claim(result, elapsed);
 }
 
 pub fn release(pool: &str, ok: bool, elapsed: Duration) {

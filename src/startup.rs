@@ -115,6 +115,8 @@ pub async fn serve(
     let (instance, limits) = (config.instance.clone(), EdgeLimits::from_config(&config));
     let app = App::build(config, runtime, workloads).await?;
     app.shutdown.spawn(return_freed_memory());
+    app.shutdown
+        .spawn(crate::ui::samples::sample_pools(app.manager.clone()));
     let local = listener.local_addr().map_err(StartupError::Serve)?;
     tracing::info!(addr = %local, instance = %instance, ?pools, "boilerhouse listening");
     // Streams (`/events`) never finish on their own, and graceful shutdown waits for

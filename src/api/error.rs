@@ -48,6 +48,8 @@ pub enum ApiError {
     ManualSyncDisabled(String),
     #[error("missing or wrong bearer token; send 'Authorization: Bearer <BOILERHOUSE_API_TOKEN>'")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("request body is larger than 1 MiB")]
     PayloadTooLarge,
     #[error("no route for {0}")]
@@ -74,6 +76,7 @@ impl ApiError {
             | SyncNotConfigured(_)
             | ManualSyncDisabled(_) => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
             PoolNotFound(_) | TenantNotFound(..) | ContainerNotFound(_) | NotFound(_) => {
                 StatusCode::NOT_FOUND
             }
@@ -106,6 +109,7 @@ impl ApiError {
             SyncNotConfigured(_) => "sync_not_configured",
             ManualSyncDisabled(_) => "manual_sync_disabled",
             Unauthorized => "unauthorized",
+            Forbidden(_) => "forbidden",
             PayloadTooLarge => "payload_too_large",
             NotFound(_) => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",

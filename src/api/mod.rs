@@ -95,7 +95,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
 /// Answers 503 `request_timeout` when a handler (body reading included) takes longer
 /// than the request timeout. Dropping the handler is what a client disconnect does
 /// too, so no handler is cut in a way it is not already prepared for.
-async fn limit_duration(
+pub(crate) async fn limit_duration(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api.clone())
         .nest("/api/v1", api)
+        .merge(crate::ui::routes(&state))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
