@@ -399,3 +399,42 @@ async fn every_documented_operation_is_routed() {
         );
     }
 }
+
+/// The dashboard is served by the same router: `/` leads to it, its pages render
+/// the pools, and with a token they ask for it instead of showing anything.
+#[tokio::test]
+async fn the_dashboard_is_served_and_guarded_by_the_token() {
+    let api = api(vec![web(1, 1)], &[]).await;
+    let req = Request::get("/").body(Body::empty()).unwrap();
+    let res = api.app.router.clone().oneshot(req).await.unwrap();
+    assert!(res.status().is_redirection(), "{}", res.status());
+    assert_eq!(res.headers()["location"], "/ui");
+    let (s, page) = api.call(Method::GET, "/ui", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let page = page.as_str().expect("HTML");
+    assert!(page.contains("<html") && page.contains("web"), "{page}");
+
+    let guarded = api_with_token().await;
+    let (s, page) = guarded.call(Method::GET, "/ui", None).await;
+    let page = page.as_str().expect("HTML");
+    assert!(
+        s == StatusCode::UNAUTHORIZED || s == StatusCode::OK,
+        "the login form: {s}"
+    );
+    assert!(
+        page.contains("type=\"password\""),
+        "asks for the token: {page}"
+    );
+    assert!(
+        !page.contains("a-long-test-token"),
+        "the token never appears in HTML"
+    );
+}
+
+async fn api_with_token() -> Api {
+    api(
+        vec![web(1, 1)],
+        &[("BOILERHOUSE_API_TOKEN", "a-long-test-token")],
+    )
+    .await
+}
