@@ -20,7 +20,7 @@ provision:
 # Integration tests run with bounded parallelism: they share one Docker engine on 2 cores.
 # (Benchmarks are compiled by `make lint`; `make bench` runs them.)
 test: provision
-	$(CARGO) test --lib --bins --tests --no-fail-fast -- --test-threads=3
+	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast -- --test-threads=3
 
 # Builds the runtime image on a debootstrapped base (no registry needed) and claims
 # a container through it.
@@ -29,7 +29,7 @@ image-test: provision
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --workspace -- -D warnings
 
 bench: provision
 	$(CARGO) build --release

@@ -39,7 +39,7 @@
 //! `cargo test --all-targets` runs this binary without `--bench`; it then returns at
 //! once instead of benchmarking.
 
-mod common;
+mod measure;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -50,12 +50,14 @@ use boilerhouse::ledger::{ClaimRecord, Ledger};
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use common::daemon::{free_port, Daemon, InstanceGuard, Profiler};
-use common::http::{self, Outcome, Req};
-use common::raw::RawDocker;
-use common::report::Report;
-use common::stats::{fmt_duration, fmt_mb, ms, Memory, Summary};
-use common::BenchResult;
+use boilerhouse_testkit::bench::{bench_main, BenchResult};
+use boilerhouse_testkit::{require_image, try_free_port, InstanceGuard};
+
+use measure::daemon::{BenchDaemon, Profiler};
+use measure::http::{self, Outcome, Req};
+use measure::raw::RawDocker;
+use measure::report::Report;
+use measure::stats::{fmt_duration, fmt_mb, ms, Memory, Summary};
 
 /// Concurrency of the untimed releases between rounds.
 const RELEASE_CONCURRENCY: usize = 8;
@@ -108,7 +110,7 @@ fn path_var(name: &str) -> Option<PathBuf> {
 }
 
 fn main() -> ExitCode {
-    common::bench_main("claim_latency", run)
+    bench_main("claim_latency", run)
 }
 
 async fn run() -> BenchResult<()> {
@@ -130,18 +132,17 @@ async fn run() -> BenchResult<()> {
     let data_dir = data_root
         .as_ref()
         .map_or_else(|| root.path().join("data"), |d| d.path().join("data"));
-    // Declared after `root` and before the daemon: dropped after the daemon is killed,
-    // before the temp dirs go.
-    let _guard = InstanceGuard::new(&instance);
-    // The raw baseline runs under an instance of its own: the daemon sweeps containers
+    // The daemon removes its instance's containers when it drops. The raw baseline runs under an instance of its own: the daemon sweeps containers
     // of its instance that no pool knows, and would remove them mid-measurement.
+    // Declared after `root` and before the daemon: dropped after the daemon is
+    // killed, before the temp dirs go.
     let raw_instance = format!("{instance}-raw");
     let _raw_guard = InstanceGuard::new(&raw_instance);
     let workloads = root.path().join("workloads");
     std::fs::create_dir_all(&workloads)?;
     write_workload(&workloads, "warm", &settings.image, 0, n, "reuse")?;
     write_workload(&workloads, "cold", &settings.image, 0, COLD_MAX, "destroy")?;
-    let port = free_port()?;
+    let port = try_free_port()?;
     let dir = |s: &str| root.path().join(s).display().to_string();
     let env: Vec<(String, String)> = [
         ("BOILERHOUSE_INSTANCE", instance.clone()),
@@ -200,7 +201,7 @@ async fn run() -> BenchResult<()> {
 
     // ---- the daemon ---------------------------------------------------------------------
     step("daemon start");
-    let daemon = Daemon::start(&bin, &env, port, root.path().join("daemon.log")).await?;
+    let daemon = BenchDaemon::start(&bin, root.path(), env.clone()).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mem_idle = daemon.memory();
     let client = http::client()?;
@@ -582,19 +583,7 @@ fn require_setup(bin: &Path, image: &str) -> BenchResult<()> {
         )
         .into());
     }
-    let present = Command::new("docker")
-        .args(["image", "inspect", image])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !present {
-        return Err(format!(
-            "Docker is unreachable or the image {image} is missing: run \
-             scripts/provision-test-deps.sh (make bench does)"
-        )
-        .into());
-    }
+    require_image(image)?;
     Ok(())
 }
 
@@ -809,7 +798,7 @@ struct ColdStarts {
 /// on the `min_size: 0` pool (then released with `destroy`, and drained before the
 /// next pair).
 async fn cold_starts(
-    daemon: &Daemon,
+    daemon: &BenchDaemon,
     client: &reqwest::Client,
     raw: &RawDocker,
     samples: usize,
@@ -861,7 +850,7 @@ async fn cold_starts(
     Ok(out)
 }
 
-fn claim_reqs(daemon: &Daemon, tenants: &[String]) -> Vec<Req> {
+fn claim_reqs(daemon: &BenchDaemon, tenants: &[String]) -> Vec<Req> {
     tenants
         .iter()
         .map(|t| Req {
@@ -871,7 +860,7 @@ fn claim_reqs(daemon: &Daemon, tenants: &[String]) -> Vec<Req> {
         .collect()
 }
 
-fn release_reqs(daemon: &Daemon, tenants: &[String]) -> Vec<Req> {
+fn release_reqs(daemon: &BenchDaemon, tenants: &[String]) -> Vec<Req> {
     tenants
         .iter()
         .map(|t| Req {
@@ -907,7 +896,7 @@ struct Warm {
 /// container. In the c=1 phase the first round's releases are timed one by one and
 /// the last round's tenants are re-claimed (idempotent path) before release.
 async fn warm_rounds(
-    daemon: &Daemon,
+    daemon: &BenchDaemon,
     client: &reqwest::Client,
     n: usize,
     total: usize,
@@ -978,7 +967,7 @@ struct Burst {
 
 /// `n` claims from `n` clients, each with its own open connection, sent at once
 /// against `n` idle containers; then the daemon's RSS with `n` claims, and release.
-async fn burst(daemon: &Daemon, n: usize) -> BenchResult<Burst> {
+async fn burst(daemon: &BenchDaemon, n: usize) -> BenchResult<Burst> {
     daemon
         .wait_pool(
             "warm",

@@ -43,24 +43,15 @@
 //! panic or Ctrl-C. Run with `cargo bench --bench sync_restore` (after
 //! `make provision`, which builds the test image and installs rclone in `.tools/bin`).
 
-#[allow(dead_code)]
-mod common;
-#[allow(dead_code)]
-#[path = "../tests/common/s3.rs"]
-mod s3;
-
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use boilerhouse_testkit::bench::{bench_main, BenchResult};
+use boilerhouse_testkit::s3::S3Server;
+use boilerhouse_testkit::{docker, require_image, Daemon};
 use serde_json::{json, Value};
-
-use s3::S3Server;
-
-use common::daemon::{log_tail, wait_for_health};
-use common::BenchResult;
 
 const BUCKET: &str = "bh";
 const POOL: &str = "sync-bench";
@@ -78,7 +69,7 @@ const MIN_SAMPLES: usize = 10;
 const TARGET_RATIO: f64 = 1.2;
 
 fn main() -> ExitCode {
-    common::bench_main("sync_restore", run)
+    bench_main("sync_restore", run)
 }
 
 /// Everything measured for one sample; None where the step failed and was re-run
@@ -150,11 +141,8 @@ async fn run() -> BenchResult<()> {
         }
     }
 
+    // The daemon removes this instance's containers when it drops.
     let instance = format!("bench-sync-{:08x}", rand::random::<u32>());
-    // Declared before the daemon: dropped after it, so nothing refills behind it.
-    let _guard = InstanceGuard {
-        instance: instance.clone(),
-    };
     let root = tempfile::Builder::new()
         .prefix("bh-bench-sync-")
         .tempdir()?;
@@ -236,7 +224,7 @@ async fn run() -> BenchResult<()> {
     report(&samples, &meta, &errors)?;
     // The daemon's log (its `sync done` lines carry bytes, files and durations).
     let kept = target_dir().join("bench").join("sync_restore.daemon.log");
-    if let Err(e) = std::fs::copy(&daemon.log, &kept) {
+    if let Err(e) = std::fs::copy(&daemon.daemon.log, &kept) {
         eprintln!("sync_restore: cannot keep the daemon's log: {e}");
     }
     let kept = target_dir().join("bench").join("sync_restore.s3.log");
@@ -278,7 +266,7 @@ const MIRROR_ORDERS: [[Mirror; 3]; 3] = [
 
 /// What every sample uses, and the failures met on the way.
 struct Bench<'a> {
-    daemon: &'a Daemon,
+    daemon: &'a SyncDaemon,
     rclone: &'a Rclone,
     engine_flags: &'a [String],
     s3: &'a S3Server,
@@ -468,7 +456,7 @@ async fn one_sample(
 }
 
 /// Claims (timed) and checks that every file arrived; returns the container's name.
-async fn claim(daemon: &Daemon, tenant: &str) -> BenchResult<(Duration, String)> {
+async fn claim(daemon: &SyncDaemon, tenant: &str) -> BenchResult<(Duration, String)> {
     let (elapsed, body) = daemon
         .post(
             &format!("/tenants/{tenant}/claim"),
@@ -481,7 +469,7 @@ async fn claim(daemon: &Daemon, tenant: &str) -> BenchResult<(Duration, String)>
     let name = body["containerName"]
         .as_str()
         .ok_or_else(|| format!("claim of {tenant}: no containerName in {body}"))?;
-    let state = daemon.states_dir.join(container_id);
+    let state = daemon.daemon.state_dir(container_id);
     expect_files(&state, FILE_SIZE, &format!("claim of {tenant}"))?;
     Ok((elapsed, name.to_owned()))
 }
@@ -507,7 +495,7 @@ fn change_every_file(container: &str, tenant: &str) -> BenchResult<()> {
 }
 
 /// Releases (timed) and checks that the bucket holds every changed file.
-async fn release(daemon: &Daemon, tenant: &str, s3: &S3Server) -> BenchResult<(Duration, ())> {
+async fn release(daemon: &SyncDaemon, tenant: &str, s3: &S3Server) -> BenchResult<(Duration, ())> {
     let (elapsed, body) = daemon
         .post(&format!("/tenants/{tenant}/release"), json!({}))
         .await?;
@@ -530,80 +518,12 @@ fn copy(src: &impl AsRef<std::ffi::OsStr>, dst: &impl AsRef<std::ffi::OsStr>) ->
 // ---------------------------------------------------------------------------------
 // The daemon and its containers.
 
-/// Removes every container labelled with the bench's instance when dropped.
-struct InstanceGuard {
-    instance: String,
-}
-
-impl Drop for InstanceGuard {
-    fn drop(&mut self) {
-        let mut removed = remove_instance_containers(&self.instance);
-        if removed > 0 {
-            // A create the killed daemon had in flight may land just after the listing.
-            std::thread::sleep(Duration::from_secs(1));
-            removed += remove_instance_containers(&self.instance);
-        }
-        eprintln!(
-            "cleanup: removed {removed} container(s) of instance {}",
-            self.instance
-        );
-    }
-}
-
-fn remove_instance_containers(instance: &str) -> usize {
-    let filter = format!("label=boilerhouse.instance={instance}");
-    let (ok, out) = docker(&["ps", "-aq", "--filter", &filter]);
-    if !ok {
-        eprintln!("cleanup: `docker ps` failed: {out}");
-        return 0;
-    }
-    let ids: Vec<&str> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    if !ids.is_empty() {
-        let mut args = vec!["rm", "-f", "-v"];
-        args.extend(&ids);
-        let (ok, out) = docker(&args);
-        if !ok {
-            eprintln!("cleanup: `docker rm -f` failed for instance {instance}: {out}");
-        }
-    }
-    ids.len()
-}
-
-/// `docker <args>`: (success, stdout + stderr).
-fn docker(args: &[&str]) -> (bool, String) {
-    match Command::new("docker").args(args).output() {
-        Ok(out) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            (out.status.success(), text.trim().to_owned())
-        }
-        Err(e) => (false, format!("cannot run docker: {e}")),
-    }
-}
-
-fn require_image(image: &str) -> BenchResult<()> {
-    let (ok, out) = docker(&["image", "inspect", "--format", "{{.Id}}", image]);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "Docker is unreachable or the image {image} is missing ({out}): \
-             run scripts/provision-test-deps.sh"
-        )
-        .into())
-    }
-}
-
-/// The release daemon as a child process; killed (SIGKILL) when dropped.
-struct Daemon {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    states_dir: PathBuf,
+/// The daemon (the kit's: a child process in a process group of its own, so stopping
+/// it also stops an rclone it runs, which would otherwise keep writing into the
+/// directories being removed; killed with the bench), and the client of the timed
+/// requests.
+struct SyncDaemon {
+    daemon: Daemon,
     http: reqwest::Client,
 }
 
@@ -613,68 +533,26 @@ async fn start_daemon(
     image: &str,
     rclone: &Path,
     s3: &S3Server,
-) -> BenchResult<Daemon> {
-    let workloads = root.join("workloads");
-    std::fs::create_dir_all(&workloads)?;
-    std::fs::write(
-        workloads.join(format!("{POOL}.yaml")),
-        workload_yaml(image, s3),
-    )?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let p = |s: &str| root.join(s).display().to_string();
-    let log = root.join("daemon.log");
-    let log_file = std::fs::File::create(&log)?;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_boilerhouse"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(std::env::vars().filter(|(k, _)| k == "DOCKER_HOST"))
-        .env("BOILERHOUSE_API_HOST", "127.0.0.1")
-        .env("BOILERHOUSE_API_PORT", port.to_string())
-        .env("BOILERHOUSE_INSTANCE", instance)
-        .env("BOILERHOUSE_STATE_DIR", p("states"))
-        .env("BOILERHOUSE_SECRETS_DIR", p("secrets"))
-        .env("BOILERHOUSE_SOCKET_DIR", p("sockets"))
-        .env("BOILERHOUSE_DATA_DIR", p("data"))
-        .env("BOILERHOUSE_WORKLOADS_DIR", p("workloads"))
+) -> BenchResult<SyncDaemon> {
+    let daemon = Daemon::builder(env!("CARGO_BIN_EXE_boilerhouse"))
+        .root(root)
+        .instance(instance)
+        .workload(&format!("{POOL}.yaml"), &workload_yaml(image, s3))
         .env("BOILERHOUSE_DEFAULT_IMAGE", image)
-        .env("BOILERHOUSE_CONTAINER_MEMORY_MB", "64")
-        .env("BOILERHOUSE_RCLONE_BIN", rclone)
+        .env("BOILERHOUSE_RCLONE_BIN", &rclone.display().to_string())
         .env("BOILERHOUSE_LOG_FORMAT", "json")
         // warn, plus the one `sync done` line per transfer that carries its duration.
         .env("RUST_LOG", "warn,boilerhouse::sync=info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file);
-    // Its own process group, so that stopping it also stops an rclone it is running
-    // (which would otherwise keep writing into the directories being removed), and a
-    // Ctrl-C in the terminal reaches only the bench, which then cleans up.
-    command.process_group(0);
-    // If the bench is killed outright, take the daemon with it.
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_boilerhouse")))?;
-    let mut daemon = Daemon {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        log,
-        states_dir: root.join("states"),
+        .own_process_group()
+        .die_with_parent()
+        .try_start()
+        .await?;
+    Ok(SyncDaemon {
+        daemon,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()?,
-    };
-    let health = daemon.url("/health");
-    wait_for_health(&daemon.http, &health, &mut daemon.child, &daemon.log).await?;
-    Ok(daemon)
+    })
 }
 
 fn workload_yaml(image: &str, s3: &S3Server) -> String {
@@ -743,13 +621,13 @@ struct SyncDurations {
     upload: Option<Duration>,
 }
 
-impl Daemon {
+impl SyncDaemon {
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.daemon.url(path)
     }
 
     fn log_tail(&self) -> String {
-        log_tail(&self.log)
+        self.daemon.log_tail()
     }
 
     /// A timed `POST`: from just before sending until the whole body is read.
@@ -808,7 +686,7 @@ impl Daemon {
     /// Per tenant, the duration the engine logged for its download and its upload.
     fn sync_durations(&self) -> BTreeMap<String, SyncDurations> {
         let mut out: BTreeMap<String, SyncDurations> = BTreeMap::new();
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.daemon.log_text();
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<Value>(line) else {
                 continue;
@@ -839,19 +717,6 @@ impl Daemon {
             }
         }
         out
-    }
-}
-
-impl Drop for Daemon {
-    /// SIGKILL to the daemon's process group: the daemon and any rclone it runs.
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill has no memory preconditions; the group is the daemon's own
-            // (`process_group(0)` at spawn), and it is not reaped yet, so the id is ours.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,21 +1,22 @@
 //! `kill -9` at the risky moments of a claim's life (issue 11, item 7): real daemon,
 //! real Docker, real rclone, a real S3 endpoint (`rclone serve s3`) behind a holding
-//! proxy ([`common::hold`]) that stops one chosen request, so the daemon is killed
+//! proxy ([`boilerhouse_testkit::hold`]) that stops one chosen request, so the daemon is killed
 //! exactly while a restore or an upload is in flight. After every restart the same
 //! invariants are checked: no acknowledged claim is lost, nothing is left paused,
 //! no tenant's state is wiped before it was uploaded, and no orphan container
 //! remains (every container of the instance is one the daemon lists).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::hold::{HoldProxy, Stage};
-use common::s3::S3Server;
-use common::*;
+use boilerhouse_testkit::hold::{HoldProxy, Stage};
+use boilerhouse_testkit::s3::S3Server;
+use boilerhouse_testkit::*;
 use serde_json::{json, Value};
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 const BUCKET: &str = "bh";
 const POOL: &str = "app";
@@ -58,7 +59,7 @@ async fn rig() -> Rig {
     let s3 = S3Server::start_new().await;
     std::fs::create_dir_all(s3.root_dir().join(BUCKET)).unwrap();
     let proxy = HoldProxy::start(&s3.endpoint());
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("app.yaml", &crash_workload(&s3, &proxy, "one"))
         .start()
         .await;
@@ -222,7 +223,7 @@ fn in_flight(d: &Daemon, path: &str) -> tokio::task::JoinHandle<Result<(u16, Str
 
 /// rclone processes still working on this daemon's directories.
 fn rclones_of(d: &Daemon) -> Vec<String> {
-    let root = d.root.path().display().to_string();
+    let root = d.root.display().to_string();
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
@@ -430,7 +431,7 @@ async fn kill_right_after_the_last_put() {
     let release = in_flight(&d, "/tenants/dave/release");
     // rclone checks every object it uploaded with a HEAD: the last HEAD answered is
     // the last request of the upload.
-    let count = |a: &[common::hold::Answered], method: &str| {
+    let count = |a: &[boilerhouse_testkit::hold::Answered], method: &str| {
         a.iter()
             .filter(|r| r.method == method && r.status == 200)
             .count()

@@ -3,15 +3,16 @@
 //! idle timeout, slow requests get the JSON request-timeout error, and `/events`
 //! outlives the request timeout with SSE keep-alive comments.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use boilerhouse_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 const FLOOD: usize = 3_000;
 
@@ -57,7 +58,7 @@ async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_are_closed_at_the_header_timeout_while_the_api_answers() {
     raise_fd_limit(FLOOD as u64 + 2048);
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("web.yaml", &workload("web", "pool:\n  min_size: 0\n"))
         .env("BOILERHOUSE_HTTP_HEADER_TIMEOUT_MS", "1000")
         .start()
@@ -170,7 +171,7 @@ async fn half_sent_requests_are_closed_at_the_header_timeout_while_the_api_answe
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("web.yaml", &workload("web", "pool:\n  min_size: 0\n"))
         .env("BOILERHOUSE_HTTP_IDLE_TIMEOUT_MS", "1000")
         .env("BOILERHOUSE_HTTP_HEADER_TIMEOUT_MS", "60000")
@@ -218,7 +219,7 @@ fn response_complete(got: &[u8]) -> bool {
 
 #[tokio::test]
 async fn a_request_over_the_request_timeout_gets_the_json_error() {
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("web.yaml", &workload("web", "pool:\n  min_size: 0\n"))
         .env("BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS", "1000")
         .start()
@@ -253,7 +254,7 @@ async fn a_request_over_the_request_timeout_gets_the_json_error() {
 
 #[tokio::test]
 async fn events_outlive_the_request_timeout_with_keep_alive_comments() {
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("web.yaml", &workload("web", "pool:\n  min_size: 0\n"))
         .env("BOILERHOUSE_HTTP_REQUEST_TIMEOUT_MS", "1000")
         .env("BOILERHOUSE_HTTP_IDLE_TIMEOUT_MS", "1000")
@@ -289,7 +290,7 @@ async fn events_outlive_the_request_timeout_with_keep_alive_comments() {
 async fn over_the_connection_cap_a_new_client_waits_for_a_free_slot() {
     // Idle keep-alive connections (the fixture's own client) go within 0.5 s; the two
     // half-sent holders stay for the 60 s header timeout.
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("web.yaml", &workload("web", "pool:\n  min_size: 0\n"))
         .env("BOILERHOUSE_HTTP_MAX_CONNECTIONS", "2")
         .env("BOILERHOUSE_HTTP_HEADER_TIMEOUT_MS", "60000")
@@ -324,7 +325,7 @@ async fn over_the_connection_cap_a_new_client_waits_for_a_free_slot() {
 
 #[tokio::test]
 async fn sigterm_ends_the_event_stream_and_the_daemon_exits() {
-    let mut d = Daemon::builder()
+    let mut d = Daemon::builder(BIN)
         .workload("web.yaml", &workload("web", "pool:\n  min_size: 0\n"))
         .start()
         .await;

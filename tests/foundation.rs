@@ -1,8 +1,6 @@
 //! The foundation: configuration errors, workload validation (CLI and daemon),
 //! the HTTP basics, and the Docker runtime itself against the real engine.
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +8,21 @@ use std::time::Duration;
 use boilerhouse::config::Config;
 use boilerhouse::runtime::spec::{spec_hash, ContainerDirs};
 use boilerhouse::runtime::{ContainerSpec, DockerRuntime, Runtime};
-use common::*;
+use boilerhouse_testkit::*;
 use serde_json::json;
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_boilerhouse"));
     // validate starts rclone for sync workloads (the preflight): give it the real one.
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("BOILERHOUSE_RCLONE_BIN", common::s3::rclone_bin());
+        .env(
+            "BOILERHOUSE_RCLONE_BIN",
+            boilerhouse_testkit::s3::rclone_bin(),
+        );
     c
 }
 
@@ -151,7 +155,7 @@ fn an_unreachable_engine_is_a_clear_error() {
 
 #[tokio::test]
 async fn health_ready_errors_and_limits_over_http() {
-    let mut d = Daemon::builder()
+    let mut d = Daemon::builder(BIN)
         .workload(
             "web.yaml",
             &workload("web", "pool:\n  min_size: 1\n  max_size: 2\n"),
@@ -203,7 +207,7 @@ async fn health_ready_errors_and_limits_over_http() {
 
 #[tokio::test]
 async fn without_workload_files_the_builtin_default_pool_serves() {
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .env("BOILERHOUSE_POOL_SIZE", "1")
         .start()
         .await;
@@ -219,7 +223,7 @@ async fn without_workload_files_the_builtin_default_pool_serves() {
 
 #[tokio::test]
 async fn pools_are_required_when_there_are_several() {
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "a.yaml",
             &workload("a", "pool:\n  min_size: 0\n  max_size: 1\n"),

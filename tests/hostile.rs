@@ -1,14 +1,15 @@
 //! Claims in hostile conditions, on the real engine: many concurrent claims with
 //! secrets for the same tenants, and a claim ledger whose disk fills up.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use boilerhouse_testkit::*;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 /// 1,000 claims across 25 tenants, 200 in flight at once, each with its own secrets:
 /// every answer is 200, and when it comes the files are on disk, complete, and hold
@@ -16,7 +17,7 @@ use serde_json::{json, Value};
 /// value since, never with another tenant's).
 #[tokio::test]
 async fn a_thousand_concurrent_claims_with_secrets_all_find_their_files() {
-    let d = web_daemon("pool:\n  min_size: 8\n  max_size: 40\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 8\n  max_size: 40\n").await;
     d.wait_idle("web", 8).await;
     let results: Vec<(String, u16, Value)> = stream::iter(0..1000)
         .map(|i| {
@@ -107,7 +108,7 @@ async fn a_full_data_dir_refuses_claims_until_space_is_back() {
         .success();
     assert!(ok, "cannot mount a tmpfs on {}", data.display());
     let _mount = Mount(data.clone());
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "web.yaml",
             &workload(

@@ -1,12 +1,13 @@
 //! Pools and the tenant API on a real Docker engine, over HTTP against the real
 //! daemon binary (issue: core). Each test runs its own daemon and instance label.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use boilerhouse_testkit::*;
 use serde_json::{json, Value};
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 fn ids(v: &Value) -> String {
     v["containerId"].as_str().unwrap().to_owned()
@@ -14,7 +15,7 @@ fn ids(v: &Value) -> String {
 
 #[tokio::test]
 async fn a_pool_warms_to_min_size_with_hardened_containers() {
-    let d = web_daemon("pool:\n  min_size: 2\n  max_size: 4\ndeploy:\n  resources:\n    limits:\n      cpus: 0.5\n      memory: 96m\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 2\n  max_size: 4\ndeploy:\n  resources:\n    limits:\n      cpus: 0.5\n      memory: 96m\n").await;
     let pool = d.wait_idle("web", 2).await;
     assert_eq!(pool["minSize"], 2);
     assert_eq!(pool["maxSize"], 4);
@@ -62,7 +63,7 @@ async fn a_pool_warms_to_min_size_with_hardened_containers() {
 
 #[tokio::test]
 async fn claim_gives_a_writable_state_dir_and_read_only_secrets() {
-    let d = web_daemon("pool:\n  min_size: 1\n  max_size: 3\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 1\n  max_size: 3\n").await;
     d.wait_idle("web", 1).await;
     let v = d
         .claim(
@@ -133,7 +134,7 @@ async fn claim_gives_a_writable_state_dir_and_read_only_secrets() {
 
 #[tokio::test]
 async fn fifty_concurrent_claims_for_one_tenant_get_one_container() {
-    let d = web_daemon("pool:\n  min_size: 2\n  max_size: 4\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 2\n  max_size: 4\n").await;
     d.wait_idle("web", 1).await;
     let d = std::sync::Arc::new(d);
     let mut tasks = Vec::new();
@@ -164,7 +165,11 @@ async fn fifty_concurrent_claims_for_one_tenant_get_one_container() {
 
 #[tokio::test]
 async fn release_with_destroy_removes_the_container_and_the_pool_refills() {
-    let d = web_daemon("pool:\n  min_size: 1\n  max_size: 4\n  recycle: destroy\n").await;
+    let d = web_daemon(
+        BIN,
+        "pool:\n  min_size: 1\n  max_size: 4\n  recycle: destroy\n",
+    )
+    .await;
     d.wait_idle("web", 1).await;
     let a = d.claim("a", json!({})).await;
     let b = d.claim("b", json!({})).await;
@@ -185,9 +190,10 @@ async fn release_with_destroy_removes_the_container_and_the_pool_refills() {
 }
 
 async fn recycled_container_is_clean(policy: &str) {
-    let d = web_daemon(&format!(
-        "pool:\n  min_size: 1\n  max_size: 1\n  recycle: {policy}\n"
-    ))
+    let d = web_daemon(
+        BIN,
+        &format!("pool:\n  min_size: 1\n  max_size: 1\n  recycle: {policy}\n"),
+    )
     .await;
     d.wait_idle("web", 1).await;
     let a = d.claim("a", json!({"secrets": {"K": "v"}})).await;
@@ -234,7 +240,7 @@ async fn release_with_restart_wipes_and_restarts() {
 
 #[tokio::test]
 async fn at_capacity_claims_fail_fast_or_wait_in_line() {
-    let d = web_daemon("pool:\n  min_size: 1\n  max_size: 1\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 1\n  max_size: 1\n").await;
     d.wait_idle("web", 1).await;
     d.claim("a", json!({})).await;
     let resp = reqwest::Client::new()
@@ -267,7 +273,7 @@ async fn at_capacity_claims_fail_fast_or_wait_in_line() {
 
 #[tokio::test]
 async fn hostile_tenant_ids_are_refused_and_create_nothing() {
-    let d = web_daemon("pool:\n  min_size: 0\n  max_size: 2\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 0\n  max_size: 2\n").await;
     let long = "a".repeat(129);
     for bad in [
         "..",
@@ -298,7 +304,7 @@ async fn hostile_tenant_ids_are_refused_and_create_nothing() {
 
 #[tokio::test]
 async fn inactive_claims_are_released_and_writes_count_as_activity() {
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "web.yaml",
             &workload("web", "pool:\n  min_size: 1\n  max_size: 3\n"),
@@ -338,7 +344,7 @@ async fn inactive_claims_are_released_and_writes_count_as_activity() {
 
 #[tokio::test]
 async fn dead_idle_containers_are_replaced_and_dead_claimed_ones_are_shown() {
-    let d = web_daemon("pool:\n  min_size: 2\n  max_size: 4\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 2\n  max_size: 4\n").await;
     d.wait_idle("web", 2).await;
     let (_, list) = d.get("/containers").await;
     let victim = list[0]["id"].as_str().unwrap().to_owned();
@@ -390,7 +396,7 @@ async fn dead_idle_containers_are_replaced_and_dead_claimed_ones_are_shown() {
 
 #[tokio::test]
 async fn kill_9_loses_no_claim_and_leaves_no_orphan() {
-    let mut d = Daemon::builder()
+    let mut d = Daemon::builder(BIN)
         .workload(
             "web.yaml",
             &workload("web", "pool:\n  min_size: 2\n  max_size: 6\n"),
@@ -454,7 +460,7 @@ async fn kill_9_loses_no_claim_and_leaves_no_orphan() {
 
 #[tokio::test]
 async fn sigterm_leaves_containers_for_the_next_start() {
-    let mut d = web_daemon("pool:\n  min_size: 1\n  max_size: 3\n").await;
+    let mut d = web_daemon(BIN, "pool:\n  min_size: 1\n  max_size: 3\n").await;
     d.wait_idle("web", 1).await;
     let a = d.claim("alice", json!({})).await;
     let cid = ids(&a);
@@ -474,7 +480,7 @@ async fn sigterm_leaves_containers_for_the_next_start() {
 
 #[tokio::test]
 async fn a_missing_image_puts_the_pool_in_error_and_claims_get_503() {
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "ghost.yaml",
             "id: ghost\nimage: boilerhouse-test/does-not-exist:never\npool:\n  min_size: 1\n  max_size: 2\n",
@@ -503,7 +509,7 @@ async fn a_missing_image_puts_the_pool_in_error_and_claims_get_503() {
 
 #[tokio::test]
 async fn pools_scale_and_containers_can_be_destroyed() {
-    let d = web_daemon("pool:\n  min_size: 1\n  max_size: 4\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 1\n  max_size: 4\n").await;
     d.wait_idle("web", 1).await;
     let (s, v) = d.post("/pools/web/scale", json!({"targetSize": 3})).await;
     assert_eq!(s, 200, "{v}");
@@ -545,7 +551,7 @@ async fn pools_scale_and_containers_can_be_destroyed() {
 async fn containers_no_pool_knows_are_swept() {
     // What a daemon killed mid-create leaves behind: the engine finishes the create
     // after the next start has listed its containers.
-    let d = web_daemon("pool:\n  min_size: 1\n  max_size: 2\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 1\n  max_size: 2\n").await;
     d.wait_idle("web", 1).await;
     let name = format!("bh-{}-web-0rphan00", d.instance);
     let (ok, out) = docker(&[

@@ -5,13 +5,14 @@
 //! These tests need root (the daemon only switches users as root); they fail, never
 //! skip, without it.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use boilerhouse_testkit::*;
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 const SYNC_WORKLOAD: &str = "sync:\n  sink:\n    type: s3\n    bucket: b\n    region: us-east-1\n    endpoint: http://127.0.0.1:9\n    access_key_id: k\n    secret_access_key: s\n  mappings:\n    - path: /\n";
 
@@ -53,7 +54,7 @@ impl Scratch {
     /// rclone copied where only root can reach it.
     fn locked_rclone(&self) -> PathBuf {
         let bin = self.path("locked/rclone");
-        std::fs::copy(common::s3::rclone_bin(), &bin).unwrap();
+        std::fs::copy(boilerhouse_testkit::s3::rclone_bin(), &bin).unwrap();
         std::fs::set_permissions(&bin, PermissionsExt::from_mode(0o755)).unwrap();
         bin
     }
@@ -73,7 +74,7 @@ impl Scratch {
             ("BOILERHOUSE_DEFAULT_IMAGE".into(), test_image()),
             (
                 "BOILERHOUSE_RCLONE_BIN".into(),
-                common::s3::rclone_bin().display().to_string(),
+                boilerhouse_testkit::s3::rclone_bin().display().to_string(),
             ),
         ];
         for (k, v) in overrides {
@@ -156,7 +157,7 @@ fn a_state_dir_under_a_root_only_parent_stops_start_up_and_validate() {
 #[tokio::test]
 async fn a_reachable_rclone_and_state_dir_start_and_log_the_version() {
     require_root();
-    let d = web_daemon(&format!("pool:\n  min_size: 0\n{SYNC_WORKLOAD}")).await;
+    let d = web_daemon(BIN, &format!("pool:\n  min_size: 0\n{SYNC_WORKLOAD}")).await;
     // The log is coloured text: compare without the escapes.
     let log = regex::Regex::new("\x1b\\[[0-9;]*m")
         .unwrap()

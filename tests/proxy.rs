@@ -9,15 +9,16 @@
 //! proxy denied any request of the daemon, so a new Docker call outside the
 //! allow-list breaks the build instead of a production deployment.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use boilerhouse_testkit::*;
 use serde_json::{json, Value};
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 /// The proxy's API sections and the variable that opens each one, as in its
 /// haproxy.cfg: `^(/v<api version>)?/<section>` is allowed when the variable is true.
@@ -474,7 +475,7 @@ async fn the_proxy_refuses_what_the_allow_list_leaves_out() {
 #[tokio::test]
 async fn the_daemon_needs_nothing_beyond_the_allow_list() {
     let proxy = Proxy::from_compose();
-    let mut d = Daemon::builder()
+    let mut d = Daemon::builder(BIN)
         .workload(
             "web.yaml",
             &workload("web", "pool:\n  min_size: 2\n  max_size: 4\n"),
@@ -589,7 +590,7 @@ async fn the_daemon_needs_nothing_beyond_the_allow_list() {
 async fn image_pulls_go_through_the_proxy() {
     let proxy = Proxy::from_compose();
     let image = "boilerhouse-test/does-not-exist:never";
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "ghost.yaml",
             &format!("id: ghost\nimage: {image}\npool:\n  min_size: 1\n  max_size: 2\n"),

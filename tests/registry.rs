@@ -3,13 +3,14 @@
 //! removed, so a workload naming it can only start after the daemon pulled it.
 //! Credentials come from a Docker client configuration given as `DOCKER_CONFIG`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::registry::Registry;
-use common::*;
+use boilerhouse_testkit::registry::Registry;
+use boilerhouse_testkit::*;
 use serde_json::{json, Value};
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 /// A workload on `image` whose pool keeps `min` containers warm.
 fn image_workload(id: &str, image: &str, min: u32) -> String {
@@ -49,7 +50,7 @@ async fn concurrent_creations_pull_an_image_once_and_the_pool_warms() {
     assert!(!Registry::present_locally(&image), "only a pull brings it");
     let requests_before = registry.manifest_requests("bh/pulled", "v1");
 
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("pulled.yaml", &image_workload("pulled", &image, 6))
         .start()
         .await;
@@ -78,7 +79,7 @@ async fn a_private_registry_pulls_with_the_credentials_of_docker_config() {
     // Both forms the docker CLI writes: `auth` (base64) and username/password.
     for (encoded, image) in [(true, &image), (false, &plain)] {
         let config = registry.client_config(user, password, encoded);
-        let d = Daemon::builder()
+        let d = Daemon::builder(BIN)
             .workload("private.yaml", &image_workload("private", image, 2))
             .env("DOCKER_CONFIG", &config.path().display().to_string())
             .start()
@@ -116,7 +117,7 @@ async fn a_wrong_password_or_a_missing_tag_is_the_pools_last_error() {
 
     let wrong = "wrong-Pa55word";
     let config = private.client_config(user, wrong, true);
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("locked.yaml", &image_workload("locked", &locked, 1))
         .workload("missing.yaml", &image_workload("missing", &missing, 1))
         .env("DOCKER_CONFIG", &config.path().display().to_string())

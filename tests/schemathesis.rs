@@ -2,11 +2,12 @@
 //! generates valid and malformed requests from `/openapi.json` against a live daemon
 //! and checks that nothing answers 5xx and every response matches the document.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use boilerhouse_testkit::*;
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 fn schemathesis() -> String {
     let path = format!(
@@ -22,7 +23,7 @@ fn schemathesis() -> String {
 
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
-    let d = web_daemon("pool:\n  min_size: 0\n  max_size: 1\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 0\n  max_size: 1\n").await;
     let (s, doc) = d.get("/openapi.json").await;
     assert_eq!(s, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -56,7 +57,7 @@ async fn the_openapi_document_covers_every_route() {
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let token = "schemathesis-token-123";
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "web.yaml",
             &workload("web", "pool:\n  min_size: 1\n  max_size: 2\n"),

@@ -1,12 +1,13 @@
 //! Observability and hostile input: auth, metrics, the live event stream, symlink
 //! planting, secrets never leaking, and malformed input never causing a 5xx.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use boilerhouse_testkit::*;
 use serde_json::{json, Value};
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 const PROTECTED: &[(&str, &str)] = &[
     ("GET", "/tenants"),
@@ -31,7 +32,7 @@ const PROTECTED: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn a_token_protects_every_route_but_health_and_ready() {
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "web.yaml",
             &workload("web", "pool:\n  min_size: 0\n  max_size: 1\n"),
@@ -81,7 +82,7 @@ async fn a_token_protects_every_route_but_health_and_ready() {
 
 #[tokio::test]
 async fn metrics_and_the_event_stream_follow_claims() {
-    let d = web_daemon("pool:\n  min_size: 1\n  max_size: 2\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 1\n  max_size: 2\n").await;
     d.wait_idle("web", 1).await;
     let mut stream = reqwest::Client::new()
         .get(format!("{}/events", d.base))
@@ -130,9 +131,10 @@ async fn metrics_and_the_event_stream_follow_claims() {
 }
 
 async fn symlinks_never_reach_the_host(policy: &str) {
-    let d = web_daemon(&format!(
-        "pool:\n  min_size: 1\n  max_size: 2\n  recycle: {policy}\n"
-    ))
+    let d = web_daemon(
+        BIN,
+        &format!("pool:\n  min_size: 1\n  max_size: 2\n  recycle: {policy}\n"),
+    )
     .await;
     d.wait_idle("web", 1).await;
     let outside = tempfile::tempdir().unwrap();
@@ -184,7 +186,7 @@ async fn planted_symlinks_are_harmless_with_restart() {
 
 #[tokio::test]
 async fn secrets_never_leak_into_logs_responses_or_metrics() {
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "web.yaml",
             &workload("web", "pool:\n  min_size: 1\n  max_size: 2\n"),
@@ -222,7 +224,7 @@ async fn secrets_never_leak_into_logs_responses_or_metrics() {
 
 #[tokio::test]
 async fn malformed_input_gets_a_4xx_never_a_5xx() {
-    let d = web_daemon("pool:\n  min_size: 0\n  max_size: 1\n").await;
+    let d = web_daemon(BIN, "pool:\n  min_size: 0\n  max_size: 1\n").await;
     let long_pool = "a".repeat(300);
     let long_secret = "K".repeat(300);
     let cases: Vec<(&str, String, String)> = vec![

@@ -2,13 +2,14 @@
 //! (`rclone serve s3` on 127.0.0.1). The bucket is a directory of the S3 server, so
 //! tests seed and inspect objects as files.
 
-mod common;
-
 use std::time::Duration;
 
-use common::s3::S3Server;
-use common::*;
+use boilerhouse_testkit::s3::S3Server;
+use boilerhouse_testkit::*;
 use serde_json::json;
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 const BUCKET: &str = "bh";
 
@@ -40,7 +41,7 @@ fn seed(s3: &S3Server, tenant: &str, rel: &str, content: &str) {
 async fn s3_daemon(id: &str, sync_extra: &str, extra: &str) -> (S3Server, Daemon) {
     let s3 = S3Server::start_new().await;
     std::fs::create_dir_all(s3.root_dir().join(BUCKET)).unwrap();
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             &format!("{id}.yaml"),
             &sync_workload(id, &s3, sync_extra, extra),
@@ -167,7 +168,7 @@ async fn periodic_and_manual_sync() {
 #[tokio::test]
 async fn manual_sync_refused_without_sync_or_when_disabled() {
     let s3 = S3Server::start_new().await;
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "plain.yaml",
             &workload("plain", "pool:\n  min_size: 1\n  max_size: 2\n"),
@@ -244,7 +245,7 @@ async fn inactivity_release_retries_until_the_upload_succeeds() {
     let s3 = S3Server::start_new().await;
     std::fs::create_dir_all(s3.root_dir().join(BUCKET)).unwrap();
     let mut s3 = s3;
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("app.yaml", &sync_workload("app", &s3, MIRROR, ""))
         .env("BOILERHOUSE_IDLE_TIMEOUT_MS", "1000")
         .start()
@@ -317,7 +318,7 @@ async fn credentials_never_leak_and_tenants_never_share_objects() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("app.yaml", &sync_workload("app", &s3, MIRROR, ""))
         .env("BOILERHOUSE_RCLONE_BIN", wrapper.to_str().unwrap())
         .env("RUST_LOG", "trace")

@@ -2,19 +2,72 @@
 //! loopback): no Docker, no daemon. Objects are files under the server's root, so the
 //! tests seed and inspect the bucket directly.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use boilerhouse::sync::{ClaimSync, SyncEngine, SyncError, SyncOp, SyncState};
-use boilerhouse::workload::spec::{SyncDirection, SyncMode};
-use common::file_tree;
-use common::s3::{mapping, rclone_bin, S3Server};
+use boilerhouse::workload::spec::{
+    SinkSpec, SyncDirection, SyncMapping, SyncMode, SyncPolicy, SyncSpec,
+};
+use boilerhouse_testkit::file_tree;
+use boilerhouse_testkit::s3::{rclone_bin, S3Server};
 
 const BUCKET: &str = "state";
+
+/// The daemon's spec types for the kit's S3 server (the kit does not know them).
+trait Specs {
+    /// A sync spec over [`S3Server::sink`] of `bucket` with these mappings.
+    fn sync_spec(&self, bucket: &str, mappings: Vec<SyncMapping>) -> SyncSpec;
+    /// A sync spec mirroring the whole state dir both ways (`/`, bidirectional, `sync`).
+    fn mirror_spec(&self, bucket: &str) -> SyncSpec {
+        self.sync_spec(
+            bucket,
+            vec![mapping(
+                "/",
+                SyncDirection::Bidirectional,
+                SyncMode::Sync,
+                None,
+            )],
+        )
+    }
+}
+
+impl Specs for S3Server {
+    fn sync_spec(&self, bucket: &str, mappings: Vec<SyncMapping>) -> SyncSpec {
+        let sink = self.sink(bucket);
+        SyncSpec {
+            sink: SinkSpec {
+                kind: "s3".into(),
+                bucket: sink.bucket,
+                region: Some(sink.region),
+                endpoint: Some(sink.endpoint),
+                access_key_id: Some(sink.access_key_id),
+                secret_access_key: Some(sink.secret_access_key),
+                prefix: sink.prefix,
+                rclone_flags: Vec::new(),
+            },
+            mappings,
+            policy: SyncPolicy::default(),
+        }
+    }
+}
+
+/// A mapping for tests.
+fn mapping(
+    path: &str,
+    direction: SyncDirection,
+    mode: SyncMode,
+    pattern: Option<&str>,
+) -> SyncMapping {
+    SyncMapping {
+        path: path.into(),
+        direction,
+        mode,
+        pattern: pattern.map(Into::into),
+    }
+}
 
 fn engine_with(bin: PathBuf, timeout: Duration) -> SyncEngine {
     SyncEngine::new(bin, 4, timeout)

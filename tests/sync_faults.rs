@@ -5,18 +5,75 @@
 //! server; and with an endpoint that goes away mid-upload. Every file must arrive
 //! intact, or the sync must fail fast and say why.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use boilerhouse::sync::{SyncEngine, SyncOp};
-use common::file_tree;
-use common::s3::{rclone_bin, Faults, S3Server};
+use boilerhouse::workload::spec::{
+    SinkSpec, SyncDirection, SyncMapping, SyncMode, SyncPolicy, SyncSpec,
+};
+use boilerhouse_testkit::file_tree;
+use boilerhouse_testkit::s3::{rclone_bin, Faults, S3Server};
 use rand::Rng;
 
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
+
 const BUCKET: &str = "state";
+
+/// The daemon's spec types for the kit's S3 server (the kit does not know them).
+trait Specs {
+    /// A sync spec over [`S3Server::sink`] of `bucket` with these mappings.
+    fn sync_spec(&self, bucket: &str, mappings: Vec<SyncMapping>) -> SyncSpec;
+    /// A sync spec mirroring the whole state dir both ways (`/`, bidirectional, `sync`).
+    fn mirror_spec(&self, bucket: &str) -> SyncSpec {
+        self.sync_spec(
+            bucket,
+            vec![mapping(
+                "/",
+                SyncDirection::Bidirectional,
+                SyncMode::Sync,
+                None,
+            )],
+        )
+    }
+}
+
+impl Specs for S3Server {
+    fn sync_spec(&self, bucket: &str, mappings: Vec<SyncMapping>) -> SyncSpec {
+        let sink = self.sink(bucket);
+        SyncSpec {
+            sink: SinkSpec {
+                kind: "s3".into(),
+                bucket: sink.bucket,
+                region: Some(sink.region),
+                endpoint: Some(sink.endpoint),
+                access_key_id: Some(sink.access_key_id),
+                secret_access_key: Some(sink.secret_access_key),
+                prefix: sink.prefix,
+                rclone_flags: Vec::new(),
+            },
+            mappings,
+            policy: SyncPolicy::default(),
+        }
+    }
+}
+
+/// A mapping for tests.
+fn mapping(
+    path: &str,
+    direction: SyncDirection,
+    mode: SyncMode,
+    pattern: Option<&str>,
+) -> SyncMapping {
+    SyncMapping {
+        path: path.into(),
+        direction,
+        mode,
+        pattern: pattern.map(Into::into),
+    }
+}
 
 /// `count` files of random content (1 to 4 KiB) spread over a few directories.
 fn write_files(dir: &Path, count: usize) {
@@ -307,7 +364,7 @@ async fn claim_and_release_through_the_daemon_survive_s3_faults() {
     let remote = s3.object_path(BUCKET, "alice", "");
     write_files(&remote, 30);
     let seeded = file_tree(&remote);
-    let yaml = common::workload(
+    let yaml = boilerhouse_testkit::workload(
         "app",
         &format!(
             "pool:\n  min_size: 1\n  max_size: 2\nsync:\n  sink:\n    type: s3\n    bucket: {BUCKET}\n    region: us-east-1\n    endpoint: {}\n    access_key_id: {}\n    secret_access_key: {}\n  mappings:\n    - path: /\n      direction: bidirectional\n      mode: sync\n",
@@ -316,7 +373,7 @@ async fn claim_and_release_through_the_daemon_survive_s3_faults() {
             s3.secret_key()
         ),
     );
-    let d = common::Daemon::builder()
+    let d = boilerhouse_testkit::Daemon::builder(BIN)
         .workload("app.yaml", &yaml)
         .start()
         .await;
@@ -325,7 +382,7 @@ async fn claim_and_release_through_the_daemon_survive_s3_faults() {
     let v = d.claim("alice", serde_json::json!({})).await;
     let cid = v["containerId"].as_str().unwrap().to_owned();
     assert_eq!(file_tree(&d.state_dir(&cid)), seeded, "restored intact");
-    let (ok, out) = common::docker_exec(
+    let (ok, out) = boilerhouse_testkit::docker_exec(
         &d.docker_name(&cid),
         "1000",
         "for i in $(seq 1 20); do echo $i > /state/d0/new$i; done; rm /state/d1/f1",

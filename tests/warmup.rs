@@ -2,12 +2,13 @@
 //! README's timings, a readiness deadline from the healthcheck (or
 //! `pool.ready_timeout`), images that exit at once or turn unhealthy.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use boilerhouse_testkit::*;
 use serde_json::{json, Value};
+
+/// The daemon binary cargo built for this test crate.
+const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 
 /// A busybox `httpd` serving /tmp on :8080, probed with `wget` like a real web app.
 fn httpd_workload(id: &str, healthcheck: &str, pool: &str) -> String {
@@ -42,7 +43,7 @@ fn events_of(activity: &Value, kind: &str, pool: &str) -> usize {
 #[tokio::test]
 async fn the_seed_healthcheck_timings_warm_a_pool_in_about_one_interval() {
     let hc = "  test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]\n  interval: 30s\n  timeout: 5s\n  retries: 3\n  start_period: 10s";
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "web.yaml",
             &httpd_workload("web", hc, "  min_size: 2\n  max_size: 4"),
@@ -109,7 +110,7 @@ async fn the_seed_healthcheck_timings_warm_a_pool_in_about_one_interval() {
 #[tokio::test]
 async fn a_container_past_its_ready_timeout_is_given_up_with_the_reason() {
     let hc = "  test: [\"CMD\", \"true\"]\n  interval: 30s";
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload(
             "slow.yaml",
             &httpd_workload("slow", hc, "  min_size: 1\n  ready_timeout: 3s"),
@@ -143,7 +144,7 @@ async fn an_image_that_exits_reports_its_exit_code_and_output_and_backs_off() {
             test_image()
         )
     };
-    let d = Daemon::builder()
+    let d = Daemon::builder(BIN)
         .workload("crash.yaml", &crash("crash", ""))
         .workload("late.yaml", &crash("late", "sleep 1; "))
         .start()
@@ -196,7 +197,10 @@ async fn a_container_that_turns_unhealthy_is_removed_and_its_probe_output_quoted
          pool:\n  min_size: 1\n  max_size: 2\n",
         test_image()
     );
-    let d = Daemon::builder().workload("sick.yaml", &yaml).start().await;
+    let d = Daemon::builder(BIN)
+        .workload("sick.yaml", &yaml)
+        .start()
+        .await;
     let first = d.wait_idle("sick", 1).await;
     assert!(first["lastError"].is_null(), "{first}");
     let (_, cs) = d.get("/containers?poolId=sick").await;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 use tokio::sync::{oneshot, Notify};
 
-use super::s3::end_to_end;
+use crate::s3::end_to_end;
 
 /// When a held request is stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use super::{docker, free_port, test_image};
+use crate::docker::docker;
+use crate::image::test_image;
+use crate::net::free_port;
 
 pub struct Registry {
     dir: tempfile::TempDir,

@@ -6,7 +6,7 @@
 //! `boilerhouse.instance=<bench instance>-raw`, an instance of their own: the daemon
 //! sweeps containers of its own instance that no pool knows, so sharing its instance
 //! would have them removed mid-measurement. A second
-//! [`InstanceGuard`](super::daemon::InstanceGuard) removes them.
+//! [`InstanceGuard`](boilerhouse_testkit::InstanceGuard) removes them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -28,29 +28,33 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use boilerhouse::workload::spec::{
-    SinkSpec, SyncDirection, SyncMapping, SyncMode, SyncPolicy, SyncSpec,
-};
 use rand::distr::Alphanumeric;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::net::free_port;
+
 /// The rclone the tests use: `BOILERHOUSE_RCLONE_BIN`, else the provisioned
-/// `.tools/bin/rclone`, else `rclone` on `PATH`.
-pub fn rclone_bin() -> PathBuf {
+/// `.tools/bin/rclone` of the workspace, else `rclone` on `PATH`.
+pub fn find_rclone() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("BOILERHOUSE_RCLONE_BIN").filter(|b| !b.is_empty()) {
-        return PathBuf::from(bin);
+        return Some(PathBuf::from(bin));
     }
-    let provisioned = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/rclone");
+    // The kit lives in `<workspace>/testkit`; provisioning installs into `<workspace>/.tools`.
+    let provisioned = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/rclone");
     if provisioned.is_file() {
-        return provisioned;
+        return Some(provisioned);
     }
-    let on_path = std::env::var_os("PATH").and_then(|path| {
+    std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|dir| dir.join("rclone"))
             .find(|candidate| candidate.is_file())
-    });
-    on_path.unwrap_or_else(|| {
+    })
+}
+
+/// [`find_rclone`], which must find one: a missing rclone fails the test, never skips it.
+pub fn rclone_bin() -> PathBuf {
+    find_rclone().unwrap_or_else(|| {
         panic!(
             "rclone not found: set BOILERHOUSE_RCLONE_BIN, or run `make test` \
              (or scripts/provision-test-deps.sh) to install it into .tools/bin"
@@ -293,36 +297,18 @@ impl S3Server {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    /// A sync spec for this server: bucket `bucket` (created), default prefix
-    /// `tenants/${tenantId}/`, these mappings.
-    /// A sync spec mirroring the whole state dir both ways (`/`, bidirectional, `sync`).
-    pub fn mirror_spec(&self, bucket: &str) -> SyncSpec {
-        self.sync_spec(
-            bucket,
-            vec![mapping(
-                "/",
-                SyncDirection::Bidirectional,
-                SyncMode::Sync,
-                None,
-            )],
-        )
-    }
-
-    pub fn sync_spec(&self, bucket: &str, mappings: Vec<SyncMapping>) -> SyncSpec {
+    /// The sink a workload's `sync:` section names for this server: bucket `bucket`
+    /// (created), region `us-east-1`, default prefix `tenants/${tenantId}/`. The kit
+    /// does not know the daemon's spec types; suites build theirs from this.
+    pub fn sink(&self, bucket: &str) -> S3Sink {
         std::fs::create_dir_all(self.root.join(bucket)).expect("bucket dir");
-        SyncSpec {
-            sink: SinkSpec {
-                kind: "s3".into(),
-                bucket: bucket.into(),
-                region: Some("us-east-1".into()),
-                endpoint: Some(self.endpoint()),
-                access_key_id: Some(self.access_key.clone()),
-                secret_access_key: Some(self.secret_key.clone()),
-                prefix: "tenants/${tenantId}/".into(),
-                rclone_flags: Vec::new(),
-            },
-            mappings,
-            policy: SyncPolicy::default(),
+        S3Sink {
+            bucket: bucket.into(),
+            region: "us-east-1".into(),
+            endpoint: self.endpoint(),
+            access_key_id: self.access_key.clone(),
+            secret_access_key: self.secret_key.clone(),
+            prefix: "tenants/${tenantId}/".into(),
         }
     }
 
@@ -371,18 +357,31 @@ impl Drop for S3Server {
     }
 }
 
-/// A mapping for tests.
-pub fn mapping(
-    path: &str,
-    direction: SyncDirection,
-    mode: SyncMode,
-    pattern: Option<&str>,
-) -> SyncMapping {
-    SyncMapping {
-        path: path.into(),
-        direction,
-        mode,
-        pattern: pattern.map(Into::into),
+/// The coordinates of an S3 sink on an [`S3Server`] (see [`S3Server::sink`]).
+#[derive(Clone, Debug)]
+pub struct S3Sink {
+    pub bucket: String,
+    pub region: String,
+    pub endpoint: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub prefix: String,
+}
+
+impl S3Sink {
+    /// The `sink:` mapping of a workload's `sync:` section, indented for it (four
+    /// spaces), each line ending in a newline.
+    pub fn yaml(&self) -> String {
+        format!(
+            "    type: s3\n    bucket: {}\n    region: {}\n    endpoint: {}\n    \
+             access_key_id: {}\n    secret_access_key: {}\n    prefix: {}\n",
+            self.bucket,
+            self.region,
+            self.endpoint,
+            self.access_key_id,
+            self.secret_access_key,
+            self.prefix
+        )
     }
 }
 
@@ -638,13 +637,6 @@ async fn answers_http(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(2), attempt).await,
         Ok(Ok(true))
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
 }
 
 fn random_string(len: usize) -> String {
