@@ -46,8 +46,7 @@ impl Registry {
                  (it installs Debian's docker-registry and apache2-utils)"
             )
         });
-        let dir = tempfile::tempdir().expect("registry temp dir");
-        let port = free_port();
+        let mut dir = tempfile::tempdir().expect("registry temp dir");
         let auth_section = match &auth {
             Some((user, password)) => {
                 let htpasswd = dir.path().join("htpasswd");
@@ -64,32 +63,42 @@ impl Registry {
             }
             None => String::new(),
         };
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n{auth_section}",
-            dir.path().join("data").display()
-        );
         let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("registry log"))
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let mut registry = Self {
-            dir,
-            port,
-            auth,
-            child: Some(child),
-            tags: Mutex::new(Vec::new()),
-        };
-        registry.wait_until_answering();
-        registry
+        // A free port can be taken by another test's server between the look and the
+        // registry's bind: the registry then exits, and a new port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n{auth_section}",
+                dir.path().join("data").display()
+            );
+            std::fs::write(&config_path, config).expect("registry config");
+            let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
+            let child = Command::new(&bin)
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("registry log"))
+                .stderr(log)
+                .spawn()
+                .expect("start docker-registry");
+            let mut registry = Self {
+                dir,
+                port,
+                auth: auth.clone(),
+                child: Some(child),
+                tags: Mutex::new(Vec::new()),
+            };
+            if registry.wait_until_answering() {
+                return registry;
+            }
+            // It exited (its port was taken): keep its directory for the next try.
+            registry.child = None;
+            dir = std::mem::replace(&mut registry.dir, tempfile::tempdir().expect("temp dir"));
+        }
+        panic!("docker-registry could not bind a free port in 5 tries");
     }
 
     /// `127.0.0.1:<port>`, the registry part of an image reference.
@@ -197,23 +206,43 @@ impl Registry {
             .push(reference.to_owned());
     }
 
-    fn wait_until_answering(&mut self) {
+    /// True once the registry itself answers HTTP on its port (a `/v2/` reply
+    /// carries its API version header, so another server on the port does not
+    /// count); false when it exited first.
+    fn wait_until_answering(&mut self) -> bool {
         let started = Instant::now();
         loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("docker-registry exited ({status}): {}", self.log());
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false;
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            if self.answers_v2() {
+                return true;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "docker-registry did not listen on {} within 20 s: {}",
+                "docker-registry did not answer on {} within 20 s: {}",
                 self.host(),
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn answers_v2(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.host());
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        reply
+            .to_ascii_lowercase()
+            .contains("docker-distribution-api-version")
     }
 }
 
