@@ -123,10 +123,17 @@ async fn a_full_data_dir_refuses_claims_until_space_is_back() {
     d.claim("before", json!({"poolId": "web"})).await;
     // Fill the tmpfs to the last page.
     let filler = data.join("filler");
-    let _ = Command::new("dd")
+    // dd runs until the disk is full: it must fail, and say why.
+    let dd = Command::new("dd")
         .args(["if=/dev/zero", "bs=4096"])
         .arg(format!("of={}", filler.display()))
-        .output();
+        .output()
+        .expect("run dd");
+    let dd_err = String::from_utf8_lossy(&dd.stderr);
+    assert!(
+        !dd.status.success() && dd_err.contains("No space left on device"),
+        "dd should fill the tmpfs: {dd_err}"
+    );
     // tmpfs allocates whole pages: the log's last page may still take a few appends.
     let mut refused = None;
     for i in 0..200 {

@@ -260,7 +260,9 @@ async fn at_capacity_claims_fail_fast_or_wait_in_line() {
         let d = d.clone();
         tokio::spawn(async move { d.post("/tenants/b/claim", json!({"waitMs": 20000})).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The pool's queue shows the waiting claim: it is in line, not answered.
+    d.wait_pool("web", Duration::from_secs(10), |v| v["queuedCount"] == 1)
+        .await;
     assert!(
         !waiter.is_finished(),
         "the claim must wait for a free container"
@@ -316,14 +318,22 @@ async fn inactive_claims_are_released_and_writes_count_as_activity() {
     let a = d.claim("writer", json!({})).await;
     let name = d.docker_name(&ids(&a));
     d.claim("sleeper", json!({})).await;
-    // The writer keeps writing under /state for 4 s; the sleeper does nothing.
-    for i in 0..8 {
+    // The writer writes under /state every 0.5 s (its activity, paced like a user's)
+    // until the sleeper, which does nothing, has been auto-released.
+    let started = std::time::Instant::now();
+    for i in 0.. {
         let (ok, out) = docker_exec(&name, "1000", &format!("echo {i} > /state/tick"));
         assert!(ok, "{out}");
+        let (_, s) = d.get("/tenants/sleeper/status").await;
+        if s["status"] == "cold" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "sleeper should be auto-released: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let (_, s) = d.get("/tenants/sleeper/status").await;
-    assert_eq!(s["status"], "cold", "sleeper should be auto-released: {s}");
     let (_, w) = d.get("/tenants/writer/status").await;
     assert_eq!(w["status"], "warm", "writes are activity: {w}");
     let started = std::time::Instant::now();

@@ -272,10 +272,35 @@ impl Proxy {
             .collect()
     }
 
+    /// Waits until every request answered so far is in the log: sends a marker
+    /// request and waits for its line. haproxy writes a request's line when its
+    /// response starts (`logasap`), so the lines of requests answered before the
+    /// marker was sent come before it.
+    fn flush_log(&self) {
+        use std::io::{Read, Write};
+        static MARKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mark = format!(
+            "/_ping?flush={}",
+            MARKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(conn, "GET {mark} HTTP/1.0\r\nHost: docker\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).unwrap();
+        let started = Instant::now();
+        while !self.log_text().contains(&mark) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "haproxy did not log {mark} in 10 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Fails with every request the proxy refused, if there is one.
     fn assert_nothing_denied(&self) {
-        // Denials are logged at once; give the last ones a moment to reach the file.
-        std::thread::sleep(Duration::from_millis(300));
+        self.flush_log();
         let requests = self.requests();
         // The one optional read: a failed container's output, quoted in `lastError`
         // when the proxy allows it; refused, the daemon says so and stops asking.
@@ -444,7 +469,7 @@ async fn the_proxy_refuses_what_the_allow_list_leaves_out() {
     ] {
         assert_eq!(status(method, path).await, 403, "{method} {path}");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    proxy.flush_log();
     let denied = proxy.requests().iter().filter(|r| r.denied()).count();
     assert_eq!(
         denied,

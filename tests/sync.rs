@@ -256,15 +256,34 @@ async fn inactivity_release_retries_until_the_upload_succeeds() {
     let (ok, out) = docker_exec(&name, "1000", "echo data > /state/important");
     assert!(ok, "{out}");
     s3.stop();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let (_, st) = d.get("/tenants/sleepy/status").await;
-    // Between retries the claim is warm; during one it is releasing. Never cold.
-    assert!(
-        st["status"] == "warm" || st["status"] == "releasing",
-        "no release without an upload: {st}"
-    );
-    assert_eq!(st["containerId"], v["containerId"]);
-    assert!(st["syncStatus"]["lastError"].is_string(), "{st}");
+    // Wait for two failed auto-release uploads (the first and a retry after its
+    // backoff); at every look the claim must still be held. Between retries it is
+    // warm, during one releasing — never cold.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, st) = d.get("/tenants/sleepy/status").await;
+        assert!(
+            st["status"] == "warm" || st["status"] == "releasing",
+            "no release without an upload: {st}"
+        );
+        assert_eq!(st["containerId"], v["containerId"]);
+        let (_, act) = d.get("/activity?limit=200").await;
+        let failed = act["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "sync.failed" && e["tenantId"] == "sleepy")
+            .count();
+        if failed >= 2 {
+            assert!(st["syncStatus"]["lastError"].is_string(), "{st}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no second failed auto-release upload in 30 s: {act}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     s3.start().await;
     let started = std::time::Instant::now();
     loop {

@@ -8,66 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use boilerhouse::sync::{ClaimSync, SyncEngine, SyncError, SyncOp, SyncState};
-use boilerhouse::workload::spec::{
-    SinkSpec, SyncDirection, SyncMapping, SyncMode, SyncPolicy, SyncSpec,
-};
-use boilerhouse_testkit::file_tree;
+use boilerhouse::workload::spec::{SyncDirection, SyncMode};
 use boilerhouse_testkit::s3::{rclone_bin, S3Server};
+use boilerhouse_testkit::{eventually, file_tree};
+
+mod common;
+use common::{mapping, Specs};
 
 const BUCKET: &str = "state";
-
-/// The daemon's spec types for the kit's S3 server (the kit does not know them).
-trait Specs {
-    /// A sync spec over [`S3Server::sink`] of `bucket` with these mappings.
-    fn sync_spec(&self, bucket: &str, mappings: Vec<SyncMapping>) -> SyncSpec;
-    /// A sync spec mirroring the whole state dir both ways (`/`, bidirectional, `sync`).
-    fn mirror_spec(&self, bucket: &str) -> SyncSpec {
-        self.sync_spec(
-            bucket,
-            vec![mapping(
-                "/",
-                SyncDirection::Bidirectional,
-                SyncMode::Sync,
-                None,
-            )],
-        )
-    }
-}
-
-impl Specs for S3Server {
-    fn sync_spec(&self, bucket: &str, mappings: Vec<SyncMapping>) -> SyncSpec {
-        let sink = self.sink(bucket);
-        SyncSpec {
-            sink: SinkSpec {
-                kind: "s3".into(),
-                bucket: sink.bucket,
-                region: Some(sink.region),
-                endpoint: Some(sink.endpoint),
-                access_key_id: Some(sink.access_key_id),
-                secret_access_key: Some(sink.secret_access_key),
-                prefix: sink.prefix,
-                rclone_flags: Vec::new(),
-            },
-            mappings,
-            policy: SyncPolicy::default(),
-        }
-    }
-}
-
-/// A mapping for tests.
-fn mapping(
-    path: &str,
-    direction: SyncDirection,
-    mode: SyncMode,
-    pattern: Option<&str>,
-) -> SyncMapping {
-    SyncMapping {
-        path: path.into(),
-        direction,
-        mode,
-        pattern: pattern.map(Into::into),
-    }
-}
 
 fn engine_with(bin: PathBuf, timeout: Duration) -> SyncEngine {
     SyncEngine::new(bin, 4, timeout)
@@ -622,11 +570,14 @@ async fn a_transfer_over_its_timeout_is_killed_and_says_so() {
         msg.contains("timed out after 150 ms") && msg.contains("tenant slow"),
         "{msg}"
     );
-    // rclone is gone: nothing changes in the state dir afterwards.
-    let after_kill = file_tree(state.path()).len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(file_tree(state.path()).len(), after_kill);
-    assert!(after_kill < 1000);
+    // rclone is gone (no process names the state dir any more), so nothing can
+    // change in the state dir afterwards, and it did not finish.
+    let dir = state.path().to_string_lossy().into_owned();
+    eventually(Duration::from_secs(5), "the killed rclone to exit", || {
+        processes_naming(&dir).is_empty().then_some(())
+    })
+    .await;
+    assert!(file_tree(state.path()).len() < 1000);
 }
 
 #[tokio::test]
@@ -767,4 +718,17 @@ async fn downloads_run_as_the_workload_user() {
         let meta = std::fs::symlink_metadata(state.join(rel)).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{rel}");
     }
+}
+
+/// Pids of the processes whose command line contains `needle` (read from /proc).
+fn processes_naming(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
 }

@@ -27,13 +27,17 @@ fn error_message(pool: &Value) -> String {
         .to_owned()
 }
 
-fn events_of(activity: &Value, kind: &str, pool: &str) -> usize {
-    activity["events"]
+/// When each `pool.error` of `pool` happened, oldest first.
+fn failure_times(activity: &Value, pool: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let mut times: Vec<_> = activity["events"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["type"] == kind && e["poolId"] == pool)
-        .count()
+        .filter(|e| e["type"] == "pool.error" && e["poolId"] == pool)
+        .map(|e| e["timestamp"].as_str().unwrap().parse().unwrap())
+        .collect();
+    times.sort();
+    times
 }
 
 /// The seed README's healthcheck, as written: `interval: 30s, timeout: 5s,
@@ -165,16 +169,28 @@ async fn an_image_that_exits_reports_its_exit_code_and_output_and_backs_off() {
     assert_eq!(s, 503, "{body}");
     assert!(body.to_string().contains("exit code 3"), "{body}");
     // Backoff (0.5 s, 1 s, 2 s, 4 s, … per failure, kept until a container stays up
-    // 10 s): over 8 s a handful of attempts per pool, where a hot loop makes dozens.
-    let (_, before) = d.get("/activity?limit=1000").await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let (_, after) = d.get("/activity?limit=1000").await;
+    // 10 s). With two creations in flight the fifth failure cannot come sooner than
+    // ~6 s after the first (pairs fail together, then wait 1 s, then 4 s); a hot loop
+    // of 0.5 s attempts would reach it in ~1.5 s. Wait for five failures and check
+    // their spacing in the daemon's own event timestamps.
     for pool in ["crash", "late"] {
-        let attempts =
-            events_of(&after, "pool.error", pool) - events_of(&before, "pool.error", pool);
+        let started = Instant::now();
+        let times = loop {
+            let (_, activity) = d.get("/activity?limit=1000").await;
+            let times = failure_times(&activity, pool);
+            if times.len() >= 5 {
+                break times;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{pool}: fewer than five failed creations in 60 s: {times:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let span = times[4] - times[0];
         assert!(
-            attempts <= 6,
-            "{pool}: {attempts} failed creations in 8 s: no backoff"
+            span >= chrono::TimeDelta::seconds(3),
+            "{pool}: five failed creations within {span}: no backoff ({times:?})"
         );
     }
     // No crashed container is left behind.
