@@ -5,7 +5,7 @@
 #   .tools/venv            schemathesis from PyPI
 #   boilerhouse-test:busybox  a local image built FROM scratch around that busybox
 #   docker-registry, htpasswd  Debian packages, for the image-pull tests (apt-get)
-#   chromium, chromedriver     Debian's chromium and chromium-driver, for the dashboard's browser tests (apt-get; issue 13, not written yet)
+#   chromium, chromedriver     Debian's chromium and chromium-driver, for the dashboard's browser tests, tests/ui.rs (apt-get)
 # The test image is built from `scratch`; the pull tests push it to their own
 # loopback registries.
 set -euo pipefail
@@ -59,8 +59,8 @@ if ! command -v docker-registry >/dev/null 2>&1 || ! command -v htpasswd >/dev/n
   apt_install || { apt-get update -qq >/dev/null && apt_install; }
 fi
 
-# --- browser (the dashboard's browser tests, issue 13: not written yet) ------
-# Debian's chromium and its WebDriver server; the dashboard tests are to start chromedriver
+# --- browser (the dashboard's browser tests, tests/ui.rs) -------------------
+# Debian's chromium and its WebDriver server; the dashboard tests start chromedriver
 # themselves on a free loopback port and drive a headless chromium through it.
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   echo "provision: installing chromium and chromium-driver (apt-get)" >&2

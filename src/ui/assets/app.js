@@ -78,7 +78,9 @@
         }
         tick();
       })
-      .catch(function () { /* the next event or the periodic refresh tries again */ })
+      // A failed fetch (the daemon restarting, a network change the browser noticed)
+      // is tried again in a second rather than at the next event, which may not come.
+      .catch(function () { setTimeout(refresh, 1000); })
       .then(function () {
         busy = false;
         if (again) { again = false; refresh(); }
@@ -86,9 +88,9 @@
   }
 
   var live = document.getElementById('live');
-  function follow() {
-    if (!document.querySelector('[data-live]') || !window.EventSource) return;
-    var source = new EventSource('/events');
+  var source = null;
+  function connect() {
+    source = new EventSource('/events');
     var kinds = (document.body.getAttribute('data-events') || '').split(' ').concat(['lagged']);
     kinds.forEach(function (kind) { if (kind) source.addEventListener(kind, refresh); });
     source.onopen = function () {
@@ -97,6 +99,20 @@
     source.onerror = function () {
       if (live) { live.textContent = 'reconnecting'; live.className = 'live-dot'; }
     };
+  }
+  function follow() {
+    if (!document.querySelector('[data-live]') || !window.EventSource) return;
+    connect();
+    // A page the user left keeps no stream open: the browser allows six connections
+    // per host, and pages it keeps for Back would otherwise hold theirs, so the
+    // seventh page waited. Coming back (Back) reconnects and catches up.
+    window.addEventListener('pagehide', function () {
+      if (source) { source.close(); source = null; }
+      if (live) { live.textContent = 'offline'; live.className = 'live-dot'; }
+    });
+    window.addEventListener('pageshow', function (ev) {
+      if (ev.persisted && !source) { connect(); refresh(); }
+    });
     // Ages tick locally; a slow periodic refresh catches what no event announces.
     setInterval(refresh, 15000);
   }
