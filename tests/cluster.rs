@@ -18,6 +18,8 @@ const POOL: &str = "pool:\n  min_size: 1\n  max_size: 3\n";
 struct Nodes {
     etcd: EtcdCluster,
     nodes: Vec<Daemon>,
+    /// Per node, its links to the etcd members (when it reaches etcd through them).
+    links: Vec<Vec<EtcdLink>>,
     _s3: Option<S3Server>,
 }
 
@@ -33,7 +35,22 @@ fn sync_yaml(s3: &S3Server) -> String {
 /// etcd, then three daemons `n0`..`n2` joined to one cluster (named uniquely, so
 /// runs never share keys), each with one idle container.
 async fn cluster(with_s3: bool, token: Option<&str>) -> Nodes {
+    cluster_with(with_s3, token, false).await
+}
+
+/// [`cluster`]; with `linked`, each node reaches etcd through links of its own
+/// that a test can cut.
+async fn cluster_with(with_s3: bool, token: Option<&str>, linked: bool) -> Nodes {
     let etcd = EtcdCluster::start().await;
+    let (links, endpoints): (Vec<Vec<EtcdLink>>, Vec<String>) = (0..3)
+        .map(|_| {
+            if linked {
+                etcd.links()
+            } else {
+                (Vec::new(), etcd.endpoints())
+            }
+        })
+        .unzip();
     let s3 = if with_s3 {
         let s3 = S3Server::start_new().await;
         std::fs::create_dir_all(s3.root_dir().join(BUCKET)).unwrap();
@@ -46,12 +63,12 @@ async fn cluster(with_s3: bool, token: Option<&str>) -> Nodes {
         .map(sync_yaml)
         .unwrap_or_else(|| POOL.to_owned());
     let name = unique_instance();
-    let starts = (0..3).map(|i| {
+    let starts = endpoints.iter().enumerate().map(|(i, endpoints)| {
         let port = free_port();
         let mut b = Daemon::builder(BIN)
             .workload("web.yaml", &workload("web", &extra))
             .env("BOILERHOUSE_API_PORT", &port.to_string())
-            .env("BOILERHOUSE_ETCD_ENDPOINTS", &etcd.endpoints())
+            .env("BOILERHOUSE_ETCD_ENDPOINTS", endpoints)
             .env("BOILERHOUSE_CLUSTER", &name)
             .env("BOILERHOUSE_NODE_ID", &format!("n{i}"))
             .env(
@@ -71,6 +88,7 @@ async fn cluster(with_s3: bool, token: Option<&str>) -> Nodes {
     let c = Nodes {
         etcd,
         nodes,
+        links,
         _s3: s3,
     };
     // Every node's record shows its idle container, so placement sees all three.
@@ -385,4 +403,85 @@ async fn losing_the_etcd_quorum_refuses_new_claims_and_loses_nothing() {
     assert_eq!(v["containerId"], held["containerId"], "nothing lost");
     let (s, v, _) = post_via(&c.nodes[1], "/tenants/hal/claim", json!({})).await;
     assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_etcd_fences_itself_and_reconciles_when_healed() {
+    let c = cluster_with(true, None, true).await;
+    let (s, first, holder) = post_via(&c.nodes[2], "/tenants/ivy/claim", json!({})).await;
+    assert_eq!(s, 200, "{first}");
+    let h = node_index(&holder);
+    let cid = first["containerId"].as_str().unwrap().to_owned();
+    let name = c.nodes[h].docker_name(&cid);
+    docker_exec_ok(&name, "1000", "echo before-the-cut > /state/note");
+    let (s, up, _) = post_via(
+        &c.nodes[h],
+        "/tenants/ivy/sync",
+        json!({"direction": "upload"}),
+    )
+    .await;
+    assert_eq!((s, up["success"].as_bool()), (200, Some(true)), "{up}");
+
+    for link in &c.links[h] {
+        link.set_cut(true);
+    }
+    let cut = &c.nodes[h];
+    // Cut off, the holder answers nothing it cannot confirm, then fences itself.
+    poll(
+        Duration::from_secs(30),
+        "the cut-off node to fence itself",
+        || async {
+            let (s, v, _) = post_via(cut, "/tenants/ivy/claim", json!({})).await;
+            assert_eq!(s, 503, "a cut-off node confirms no claim: {v}");
+            (v["code"] == "node_fenced").then_some(())
+        },
+    )
+    .await;
+    // The others claim the tenant once its lease is gone.
+    let survivor = &c.nodes[(h + 1) % 3];
+    let (second, new_holder) = poll(Duration::from_secs(60), "ivy claimed elsewhere", || async {
+        let (s, v, n) = post_via(survivor, "/tenants/ivy/claim", json!({})).await;
+        (s == 200).then_some((v, n))
+    })
+    .await;
+    let nh = node_index(&new_holder);
+    assert_ne!(nh, h);
+    let new_name = c.nodes[nh].docker_name(second["containerId"].as_str().unwrap());
+    let out = docker_exec_ok(&new_name, "1000", "cat /state/note");
+    assert!(out.contains("before-the-cut"), "restored from S3: {out}");
+    // The cut-off node still runs its container, but serves it to no one.
+    assert_eq!(docker_inspect(&name)["State"]["Running"], true);
+
+    for link in &c.links[h] {
+        link.set_cut(false);
+    }
+    poll(
+        Duration::from_secs(30),
+        "the healed node to release ivy",
+        || async {
+            let (s, v) = cut.get("/tenants").await;
+            (s == 200
+                && v.as_array()
+                    .is_some_and(|a| a.iter().all(|c| c["tenantId"] != "ivy")))
+            .then_some(())
+        },
+    )
+    .await;
+    let kept = cut
+        .path("data")
+        .join("cluster-orphans")
+        .join(format!("ivy.web.{cid}"));
+    assert_eq!(read(&kept.join("note")).trim(), "before-the-cut");
+    let (s, v, n) = poll(
+        Duration::from_secs(30),
+        "the healed node to serve again",
+        || async {
+            let r = post_via(cut, "/tenants/ivy/claim", json!({})).await;
+            (r.0 == 200).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!((s, n.as_str()), (200, new_holder.as_str()), "{v}");
+    assert_eq!(v["containerId"], second["containerId"]);
+    assert_eq!(local_claims(&c, "ivy").await.len(), 1, "no double claim");
 }

@@ -217,3 +217,101 @@ impl Drop for EtcdCluster {
         self.stop();
     }
 }
+
+/// A TCP proxy in front of one etcd member that a test can cut, to take one node
+/// off etcd while the others keep it: while cut, it refuses new connections and
+/// drops open ones. It runs on its own thread and runtime, so it serves while the
+/// test blocks (on `docker exec`, say).
+pub struct EtcdLink {
+    port: u16,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    // Dropping it ends the proxy's thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl EtcdLink {
+    /// A proxy on a free loopback port to `upstream` (`http://127.0.0.1:<port>`).
+    pub fn to(upstream: &str) -> EtcdLink {
+        let target = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("binding a proxy port for etcd {upstream}: {e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        listener
+            .set_nonblocking(true)
+            .unwrap_or_else(|e| panic!("proxy to etcd {upstream}: {e}"));
+        let (tx, _) = tokio::sync::watch::channel(false);
+        let cut = std::sync::Arc::new(tx);
+        let state = cut.clone();
+        let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                loop {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = &mut stop => return,
+                    };
+                    let Ok((mut client, _)) = accepted else {
+                        continue;
+                    };
+                    if *state.borrow() {
+                        drop(client);
+                        continue;
+                    }
+                    let mut cut = state.subscribe();
+                    let target = target.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.wait_for(|c| *c) => {}
+                        }
+                    });
+                }
+            });
+        });
+        EtcdLink {
+            port,
+            cut,
+            _stop: stop_tx,
+        }
+    }
+
+    /// The URL a node uses instead of the member's.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts (true) or heals (false) the link.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl EtcdCluster {
+    /// One [`EtcdLink`] per member, and the endpoint list through them.
+    pub fn links(&self) -> (Vec<EtcdLink>, String) {
+        let links: Vec<EtcdLink> = (0..self.members.len())
+            .map(|i| EtcdLink::to(&self.endpoint(i)))
+            .collect();
+        let endpoints = links
+            .iter()
+            .map(EtcdLink::url)
+            .collect::<Vec<_>>()
+            .join(",");
+        (links, endpoints)
+    }
+}

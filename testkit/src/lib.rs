@@ -37,7 +37,7 @@ pub use docker::{
     InstanceGuard,
 };
 pub use error::{KitError, KitResult};
-pub use etcd::EtcdCluster;
+pub use etcd::{EtcdCluster, EtcdLink};
 pub use files::{file_tree, listing, read};
 pub use image::{require_docker, require_image, test_image};
 pub use net::{free_port, raw_request, try_free_port};
