@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_boilerhouse");
 const BUCKET: &str = "bh";
 /// Short, so node-loss tests wait seconds, not the default 10 s.
-const LEASE_TTL_MS: &str = "3000";
+const LEASE_TTL_MS: &str = "4000";
 const POOL: &str = "pool:\n  min_size: 1\n  max_size: 3\n";
 
 struct Nodes {

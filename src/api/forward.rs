@@ -214,8 +214,13 @@ async fn claim(
         return cluster_error(cluster, ClusterError::Fenced(why));
     }
     let me = cluster.node_id().to_owned();
+    let mut known = None;
     let holder = match cluster.claim_of(tenant, &pool).await {
-        Ok(Some((_, r))) => r.node_id,
+        Ok(Some((_, r))) => {
+            let node = r.node_id.clone();
+            known = Some(r);
+            node
+        }
         Ok(None) => {
             let target = if incoming.hops > 0 {
                 me.clone()
@@ -251,7 +256,7 @@ async fn claim(
             .ok()
             .and_then(|v| v["containerId"].as_str().map(str::to_owned));
         if let Some(c) = container {
-            cluster.claimed(tenant, &pool, &c).await;
+            cluster.claimed(tenant, &pool, &c, known.as_ref()).await;
         }
     } else {
         cluster.forget_if_unheld(tenant, &pool).await;

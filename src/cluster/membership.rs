@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::etcd::{Created, EtcdError};
 use super::{ClaimRecord, Cluster, NodeRecord, PoolCapacity};
@@ -70,6 +70,7 @@ impl Cluster {
 
     async fn renew(&self) -> Result<(), EtcdError> {
         let lease = self.lease();
+        let sent = Instant::now();
         if self.etcd().keep_alive(lease).await? <= 0 {
             // etcd dropped the lease and every key under it: other nodes may hold
             // our tenants now. No claims until the reconcile of the next join.
@@ -77,18 +78,19 @@ impl Cluster {
             tracing::warn!(node = %self.config.node_id, lease, "the node's lease expired in etcd: fenced, reconciling");
             return self.join().await;
         }
-        self.confirm();
+        self.confirm(sent);
         self.publish(false).await
     }
 
     /// A new lease, reconcile, node record; the lease becomes current (unfenced)
     /// only once all three are done.
     async fn join(&self) -> Result<(), EtcdError> {
+        let sent = Instant::now();
         let lease = self.etcd().grant(self.config.ttl_secs()).await?;
         let previous = self.node(&self.config.node_id).await?.map(|r| r.lease);
         self.reconcile(lease).await?;
         self.lease.store(lease, Ordering::SeqCst);
-        self.confirm();
+        self.confirm(sent);
         self.publish(true).await?;
         // A restart within the old lease's TTL: its keys were moved; end it so the
         // old node record does not linger.

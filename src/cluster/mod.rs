@@ -255,10 +255,19 @@ impl Cluster {
         self.lease.load(Ordering::SeqCst)
     }
 
-    fn confirm(&self) {
+    /// etcd renewed the lease on a request sent at `sent`: the lease runs in etcd
+    /// until at least `sent + TTL`.
+    fn confirm(&self, sent: Instant) {
         if let Ok(mut c) = self.confirmed.lock() {
-            *c = Some(Instant::now());
+            *c = Some(sent);
         }
+    }
+
+    /// How long after the last confirmed renewal this node fences itself: two
+    /// thirds of the TTL, so it stops answering *before* etcd can expire the lease
+    /// and let another node claim its tenants.
+    fn fence_after(&self) -> Duration {
+        self.config.lease_ttl * 2 / 3
     }
 
     /// Some(sentence) when this node must not place or accept claims: it holds no
@@ -272,9 +281,10 @@ impl Cluster {
         }
         let last = self.confirmed.lock().ok().and_then(|c| *c);
         match last {
-            Some(t) if t.elapsed() < self.config.lease_ttl => None,
+            Some(t) if t.elapsed() < self.fence_after() => None,
             _ => Some(format!(
-                "node {node} has not reached etcd within its lease ({} ms) and is fenced: it accepts no claims until etcd confirms it again",
+                "node {node} has not reached etcd for {} ms (its lease is {} ms) and is fenced: it accepts no claims until etcd confirms it again",
+                self.fence_after().as_millis(),
                 self.config.lease_ttl.as_millis()
             )),
         }
@@ -342,8 +352,17 @@ impl Cluster {
     }
 
     /// After a local claim succeeded: the key names the container (one write, the
-    /// first time only).
-    pub async fn claimed(&self, tenant: &str, pool: &str, container: &str) {
+    /// first time only; `known` is the record read before the claim, if any).
+    pub async fn claimed(
+        &self,
+        tenant: &str,
+        pool: &str,
+        container: &str,
+        known: Option<&ClaimRecord>,
+    ) {
+        if known.is_some_and(|r| r.container_id.as_deref() == Some(container)) {
+            return;
+        }
         let outcome = async {
             let Some((kv, mut record)) = self.claim_of(tenant, pool).await? else {
                 return Ok::<_, EtcdError>(());
