@@ -148,6 +148,11 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
             if let Some(why) = cluster.fenced() {
                 return cluster_error(&cluster, ClusterError::Fenced(why));
             }
+            // A release deletes keys: under the tenant's lock (a sync does not).
+            let guard = match action {
+                Action::Release => Some(cluster.tenant_lock(&tenant).await),
+                _ => None,
+            };
             let held = match holders(&cluster, &tenant, pool.as_deref()).await {
                 Ok(h) => h,
                 Err(e) => return cluster_error(&cluster, e),
@@ -159,6 +164,7 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
             if mine.is_empty() && !held.is_empty() {
                 // Held elsewhere only (several nodes: the first; a release without
                 // a pool then ends that node's claims, the rest stay).
+                drop(guard);
                 return forward(&cluster, &held[0].node_id, &incoming, bytes).await;
             }
             let response = next.run(request).await;
@@ -167,6 +173,7 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
                     cluster.forget_if_unheld(&tenant, &r.pool_id).await;
                 }
             }
+            drop(guard);
             with_node(response, cluster.node_id())
         }
     }
@@ -214,6 +221,7 @@ async fn claim(
         return cluster_error(cluster, ClusterError::Fenced(why));
     }
     let me = cluster.node_id().to_owned();
+    let guard = cluster.tenant_lock(tenant).await;
     let mut known = None;
     let holder = match cluster.claim_of(tenant, &pool).await {
         Ok(Some((_, r))) => {
@@ -231,6 +239,7 @@ async fn claim(
                 }
             };
             if target != me {
+                drop(guard);
                 return forward(cluster, &target, &incoming, bytes).await;
             }
             match cluster.register_claim(tenant, &pool).await {
@@ -244,6 +253,7 @@ async fn claim(
         Err(e) => return cluster_error(cluster, e.into()),
     };
     if holder != me {
+        drop(guard);
         return forward(cluster, &holder, &incoming, bytes).await;
     }
     let response = next.run(request).await;
@@ -261,6 +271,7 @@ async fn claim(
     } else {
         cluster.forget_if_unheld(tenant, &pool).await;
     }
+    drop(guard);
     with_node(Response::from_parts(parts, Body::from(body)), &me)
 }
 

@@ -216,6 +216,9 @@ pub struct Cluster {
     confirmed: Mutex<Option<Instant>>,
     /// The capacity last written to the node record.
     published: Mutex<Option<Vec<PoolCapacity>>>,
+    /// One lock per tenant with a request in flight on this node (see
+    /// [`Cluster::tenant_lock`]).
+    tenant_locks: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// For forwarding requests to other nodes.
     pub http: reqwest::Client,
     pub api_token: Option<String>,
@@ -231,12 +234,32 @@ impl Cluster {
             lease: AtomicI64::new(0),
             confirmed: Mutex::new(None),
             published: Mutex::new(None),
+            tenant_locks: Mutex::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(600))
                 .build()
                 .unwrap_or_default(),
             api_token,
         }
+    }
+
+    /// Serializes this node's claims and releases of one tenant, from reading its
+    /// key to the key's last write: otherwise a release (or a failed claim)
+    /// deleting the key could interleave with a claim that read it a moment earlier
+    /// and then claims locally with no key, which another node could then place
+    /// anew. Held only while the request is answered here, never while it is
+    /// forwarded (the other node may forward back). Concurrent claims of one
+    /// tenant on one node are reuses after the first, so the wait is short.
+    pub async fn tenant_lock(&self, tenant: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = match self.tenant_locks.lock() {
+            Ok(mut locks) => {
+                // Locks no request holds or waits for.
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+                locks.entry(tenant.to_owned()).or_default().clone()
+            }
+            Err(_) => Arc::default(),
+        };
+        lock.lock_owned().await
     }
 
     pub fn node_id(&self) -> &str {
