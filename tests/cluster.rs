@@ -245,6 +245,21 @@ async fn a_node_that_does_not_hold_the_tenant_forwards_with_the_token() {
     // And the tenant can be claimed anew.
     let (s, v, _) = post_via(other, "/tenants/dora/claim", json!({})).await;
     assert_eq!(s, 200, "{v}");
+    // New tenants through one node stay there while it has idle containers; once
+    // its pool is full (max 3) they are placed on a node with idle capacity.
+    let mut placed_elsewhere = None;
+    for i in 0..4 {
+        let (s, v, n) = post_via(other, &format!("/tenants/new-{i}/claim"), json!({})).await;
+        assert_eq!(s, 200, "{v}");
+        if n != format!("n{}", (h + 1) % 3) {
+            placed_elsewhere = Some(n);
+            break;
+        }
+    }
+    assert!(
+        placed_elsewhere.is_some(),
+        "a full node places new tenants on another node"
+    );
     // GET /cluster: three healthy nodes and the totals.
     let (s, view) = other.get("/cluster").await;
     assert_eq!(s, 200);

@@ -275,11 +275,16 @@ async fn claim(
     with_node(Response::from_parts(parts, Body::from(body)), &me)
 }
 
-/// The node that takes a new tenant: capacity from the node records, this node's
-/// own figures live.
+/// The node that takes a new tenant: this one when it has an idle container in the
+/// pool (no forwarding hop, and its own figure is live rather than up to a tick
+/// old), else the choice of `placement` over the node records, this node's own
+/// figures live.
 async fn place(cluster: &Cluster, tenant: &str, pool: &str) -> Result<String, ClusterError> {
-    let mut nodes = cluster.nodes().await?;
     let own = cluster.capacity().await;
+    if own.iter().any(|c| c.pool_id == pool && c.idle > 0) {
+        return Ok(cluster.node_id().to_owned());
+    }
+    let mut nodes = cluster.nodes().await?;
     for n in nodes.iter_mut().filter(|n| n.node_id == cluster.node_id()) {
         n.pools = own.clone();
     }

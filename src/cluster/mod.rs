@@ -435,3 +435,79 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn without_endpoints_there_is_no_cluster() {
+        let c = config(&[]).unwrap();
+        assert!(ClusterConfig::from_config(&c).unwrap().is_none());
+    }
+
+    #[test]
+    fn cluster_variables_are_parsed_with_their_defaults() {
+        let c = config(&[
+            (
+                "BOILERHOUSE_ETCD_ENDPOINTS",
+                "http://a:2379, http://b:2379/",
+            ),
+            ("BOILERHOUSE_NODE_ID", "node-a"),
+            ("BOILERHOUSE_API_PORT", "3100"),
+        ])
+        .unwrap();
+        let cc = ClusterConfig::from_config(&c).unwrap().unwrap();
+        assert_eq!(cc.endpoints, vec!["http://a:2379", "http://b:2379/"]);
+        assert_eq!(cc.cluster, "default");
+        assert_eq!(cc.node_id, "node-a");
+        assert!(cc.advertise_url.ends_with(":3100"), "{}", cc.advertise_url);
+        assert_eq!(cc.ttl_secs(), 10);
+        assert_eq!(
+            cc.claim_key("t", "web"),
+            "/boilerhouse/default/claims/t/web"
+        );
+    }
+
+    #[test]
+    fn bad_cluster_variables_stop_start_up_naming_them() {
+        for (vars, named) in [
+            (
+                vec![("BOILERHOUSE_ETCD_ENDPOINTS", "https://a:2379")],
+                "BOILERHOUSE_ETCD_ENDPOINTS",
+            ),
+            (
+                vec![("BOILERHOUSE_ETCD_ENDPOINTS", " , ")],
+                "BOILERHOUSE_ETCD_ENDPOINTS",
+            ),
+            (
+                vec![
+                    ("BOILERHOUSE_ETCD_ENDPOINTS", "http://a"),
+                    ("BOILERHOUSE_CLUSTER", "a/b"),
+                ],
+                "BOILERHOUSE_CLUSTER",
+            ),
+            (
+                vec![
+                    ("BOILERHOUSE_ETCD_ENDPOINTS", "http://a"),
+                    ("BOILERHOUSE_CLUSTER_LEASE_TTL_MS", "500"),
+                ],
+                "BOILERHOUSE_CLUSTER_LEASE_TTL_MS",
+            ),
+            (
+                vec![
+                    ("BOILERHOUSE_ETCD_ENDPOINTS", "http://a"),
+                    ("BOILERHOUSE_ADVERTISE_URL", "node-a:3000"),
+                ],
+                "BOILERHOUSE_ADVERTISE_URL",
+            ),
+        ] {
+            let err = config(&vars).expect_err("refused").to_string();
+            assert!(err.contains(named), "{vars:?}: {err}");
+        }
+    }
+}

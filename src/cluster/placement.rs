@@ -1,4 +1,6 @@
-//! Which node takes a tenant no node holds yet.
+//! Which node takes a tenant no node holds yet, when the node the claim arrived at
+//! has no idle container in the pool itself (it keeps the tenant then: no forwarding
+//! hop, see `api/forward.rs`).
 //!
 //! The rule, in order: a node with an idle container in the pool (a warm claim
 //! there costs no Docker call); among those, the most idle containers; then the
