@@ -309,10 +309,11 @@ async fn run() -> BenchResult<()> {
         100.0 * etcd_part / ms(figures[4].p50())
     );
     println!(
-        "- burst: single node, {} claims at once: {:.0} claims/s ({single_ok} ok); cluster, {n} claims at once through 3 nodes: {:.0} claims/s ({cluster_ok} ok, the rest exhausted on an over-placed node)",
+        "- burst: single node, {} claims at once: {:.0} claims/s ({single_ok} ok); cluster, {n} claims at once through 3 nodes: {:.0} claims/s ({cluster_ok} ok, {} exhausted on an over-placed node)",
         k - 1,
         single_ok as f64 / single_secs,
         cluster_ok as f64 / cluster_secs,
+        n - cluster_ok,
     );
     Ok(())
 }
