@@ -5,6 +5,7 @@
 #   .tools/venv            schemathesis from PyPI
 #   boilerhouse-test:busybox  a local image built FROM scratch around that busybox
 #   docker-registry, htpasswd  Debian packages, for the image-pull tests (apt-get)
+#   etcd                       Debian's etcd-server, for the cluster-mode tests (apt-get)
 #   chromium, chromedriver     Debian's chromium and chromium-driver, for the dashboard's browser tests, tests/ui.rs (apt-get)
 # The test image is built from `scratch`; the pull tests push it to their own
 # loopback registries.
@@ -57,6 +58,18 @@ if ! command -v docker-registry >/dev/null 2>&1 || ! command -v htpasswd >/dev/n
       docker-registry apache2-utils >/dev/null
   }
   apt_install || { apt-get update -qq >/dev/null && apt_install; }
+fi
+
+# --- etcd (tests/cluster.rs, benches/cluster.rs) -----------------------------
+# Debian's etcd-server; the tests start their own 3-member clusters on loopback ports
+# with their own data dirs (testkit/src/etcd.rs). The package's service is not used.
+if ! command -v etcd >/dev/null 2>&1; then
+  echo "provision: installing etcd-server (apt-get)" >&2
+  apt_install_etcd() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      etcd-server >/dev/null
+  }
+  apt_install_etcd || { apt-get update -qq >/dev/null && apt_install_etcd; }
 fi
 
 # --- browser (the dashboard's browser tests, tests/ui.rs) -------------------

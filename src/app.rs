@@ -41,6 +41,17 @@ impl App {
             )
             .await?,
         );
+        // Cluster mode joins before the router exists, so this node's first request
+        // already finds its tenants reconciled with etcd.
+        let cluster = match crate::cluster::ClusterConfig::from_config(&config) {
+            Ok(Some(c)) => {
+                let cluster = Arc::new(crate::cluster::Cluster::new(c, manager.clone()));
+                cluster.start(&shutdown).await;
+                Some(cluster)
+            }
+            // Config::validate refused a bad cluster configuration already.
+            _ => None,
+        };
         let state = AppState {
             manager: manager.clone(),
             api_token: config.api_token.as_deref().map(Arc::from),
@@ -48,6 +59,7 @@ impl App {
             metrics: crate::metrics::install(),
             request_timeout: config.request_timeout(),
             shutdown: shutdown.clone(),
+            cluster,
         };
         Ok(Self {
             router: api::router(state),

@@ -53,6 +53,18 @@ pub struct Config {
     /// How long a request (except the `/events` stream) may take; None = derived
     /// from the claim and sync timeouts (see [`Config::request_timeout`]).
     pub http_request_timeout_ms: Option<u64>,
+    /// Cluster mode (see `crate::cluster`): comma-separated etcd client URLs; unset =
+    /// single-node mode, no etcd at all.
+    pub etcd_endpoints: Option<String>,
+    /// The cluster this node joins (its keys' prefix in etcd).
+    pub cluster: String,
+    /// This node's name in the cluster; None = the hostname.
+    pub node_id: Option<String>,
+    /// The URL the other nodes reach this node's API at; None = `http://<hostname>:<API_PORT>`.
+    pub advertise_url: Option<String>,
+    /// The node's etcd lease: how long a node that stopped answering etcd still holds
+    /// its tenants (rounded up to whole seconds).
+    pub cluster_lease_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +103,11 @@ impl Default for Config {
             http_idle_timeout_ms: 60_000,
             http_max_connections: 4096,
             http_request_timeout_ms: None,
+            etcd_endpoints: None,
+            cluster: "default".into(),
+            node_id: None,
+            advertise_url: None,
+            cluster_lease_ttl_ms: 10_000,
         }
     }
 }
@@ -254,6 +271,9 @@ impl Config {
                 ),
             );
         }
+        if self.etcd_endpoints.is_some() {
+            errors.extend(crate::cluster::ClusterConfig::from_config(self).err());
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -326,6 +346,11 @@ const KNOWN: &[&str] = &[
     "http_idle_timeout_ms",
     "http_max_connections",
     "http_request_timeout_ms",
+    "etcd_endpoints",
+    "cluster",
+    "node_id",
+    "advertise_url",
+    "cluster_lease_ttl_ms",
 ];
 
 /// Keys whose values are strings even when they look like numbers (a token `12345`).
@@ -341,6 +366,10 @@ const STRING_KEYS: &[&str] = &[
     "rclone_bin",
     "log_format",
     "instance",
+    "etcd_endpoints",
+    "cluster",
+    "node_id",
+    "advertise_url",
 ];
 
 fn report(errors: &mut Vec<String>, e: figment::Error, lookup: &dyn Fn(&str) -> Option<String>) {

@@ -8,6 +8,7 @@ pub mod activity;
 pub mod api;
 pub mod app;
 pub mod backoff;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod fsutil;

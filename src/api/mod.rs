@@ -3,8 +3,10 @@
 
 pub mod auth;
 pub mod body;
+pub mod cluster;
 pub mod containers;
 pub mod error;
+pub mod forward;
 pub mod openapi;
 pub mod pools;
 pub mod system;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Streaming responses end when shutdown begins.
     pub shutdown: crate::shutdown::Shutdown,
+    /// Cluster mode's membership; None in single-node mode.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -74,7 +78,14 @@ impl AppState {
 fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     let timeout = axum::middleware::from_fn_with_state(state.clone(), limit_duration);
     let protected = OpenApiRouter::new()
-        .merge(tenants::routes())
+        // In cluster mode a tenant request may be answered by the node holding it.
+        .merge(
+            tenants::routes().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                forward::route,
+            )),
+        )
+        .merge(cluster::routes())
         .merge(pools::routes())
         .merge(containers::routes())
         .merge(system::routes())

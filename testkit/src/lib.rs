@@ -9,6 +9,7 @@
 //! - [`s3`]: `rclone serve s3` behind a serialising, fault-injecting proxy;
 //! - [`hold`]: a proxy that holds a chosen request, for crash tests;
 //! - [`registry`]: a loopback container registry;
+//! - [`etcd`]: a 3-member etcd cluster on loopback ports, for cluster mode;
 //! - [`files`], [`net`], [`poll`], [`bench`]: small helpers.
 //!
 //! The kit does not depend on the `boilerhouse` crate: it drives the daemon as an
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod daemon;
 pub mod docker;
 pub mod error;
+pub mod etcd;
 pub mod files;
 pub mod hold;
 pub mod image;
@@ -35,6 +37,7 @@ pub use docker::{
     InstanceGuard,
 };
 pub use error::{KitError, KitResult};
+pub use etcd::{EtcdCluster, EtcdLink};
 pub use files::{file_tree, listing, read};
 pub use image::{require_docker, require_image, test_image};
 pub use net::{free_port, raw_request, try_free_port};
