@@ -236,13 +236,7 @@ pub(super) fn base_workload(id: WorkloadId, image: &str) -> Workload {
         network_mode: None,
         labels: BTreeMap::new(),
         cap_add: Vec::new(),
-        pool: PoolSpec {
-            min_size: None,
-            max_size: None,
-            idle_timeout: None,
-            recycle: Recycle::Destroy,
-            ready_timeout: None,
-        },
+        pool: PoolSpec::default(),
         sync: None,
         source: None,
     }
