@@ -53,6 +53,10 @@ pub struct Config {
     /// How long a request (except the `/events` stream) may take; None = derived
     /// from the claim and sync timeouts (see [`Config::request_timeout`]).
     pub http_request_timeout_ms: Option<u64>,
+    /// How long `WORKLOADS_DIR` must be quiet after a change before the workloads
+    /// are reloaded (an editor's save is several events); 0 = no watch (SIGHUP and
+    /// `POST /workloads/reload` still reload).
+    pub workloads_debounce_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +95,7 @@ impl Default for Config {
             http_idle_timeout_ms: 60_000,
             http_max_connections: 4096,
             http_request_timeout_ms: None,
+            workloads_debounce_ms: 500,
         }
     }
 }
@@ -326,6 +331,7 @@ const KNOWN: &[&str] = &[
     "http_idle_timeout_ms",
     "http_max_connections",
     "http_request_timeout_ms",
+    "workloads_debounce_ms",
 ];
 
 /// Keys whose values are strings even when they look like numbers (a token `12345`).

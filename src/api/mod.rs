@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod pools;
 pub mod system;
 pub mod tenants;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     let protected = OpenApiRouter::new()
         .merge(tenants::routes())
         .merge(pools::routes())
+        .merge(workloads::routes())
         .merge(containers::routes())
         .merge(system::routes())
         .route_layer(timeout.clone())

@@ -120,6 +120,9 @@ pub struct ContainerView {
     /// Starting containers: the time by which they must be ready or are given up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_by: Option<DateTime<Utc>>,
+    /// The spec it was created with; differs from the pool's `specHash` while a
+    /// rollout has not replaced it yet (or its claim keeps it).
+    pub spec_hash: String,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -278,6 +281,7 @@ impl Pool {
                 last_activity_at: e.last_activity_at,
                 starting_since: starting.then_some(e.starting_since),
                 ready_by: e.ready_by.filter(|_| starting).map(|(_, wall)| wall),
+                spec_hash: e.spec_hash.clone(),
             });
             if let Some(c) = &e.claim {
                 claims.push(ClaimView {

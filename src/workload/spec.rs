@@ -48,7 +48,7 @@ impl std::fmt::Display for WorkloadId {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
     pub id: WorkloadId,
@@ -83,7 +83,7 @@ impl Workload {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Volumes {
     pub state: VolumeMount,
@@ -92,7 +92,7 @@ pub struct Volumes {
     pub comm: VolumeMount,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeMount {
     /// Absolute path inside the container.
@@ -100,7 +100,7 @@ pub struct VolumeMount {
     pub read_only: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Healthcheck {
     pub test: HealthTest,
@@ -357,7 +357,7 @@ pub enum Recycle {
     Reuse,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncSpec {
     pub sink: SinkSpec,
@@ -365,7 +365,7 @@ pub struct SyncSpec {
     pub policy: SyncPolicy,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SinkSpec {
     /// Backend type; `s3` is the one implemented.
@@ -419,7 +419,7 @@ pub enum SyncMode {
     Copy,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncPolicy {
     pub on_claim: bool,
