@@ -35,6 +35,7 @@ bench: provision
 	$(CARGO) build --release
 	$(CARGO) bench --bench claim_latency
 	$(CARGO) bench --bench sync_restore
+	$(CARGO) bench --bench autoscale
 
 # Each benchmark at a small size, so one that no longer completes fails CI. Its
 # figures mean nothing at this N; timings are never asserted.
@@ -42,6 +43,7 @@ bench-smoke: provision
 	BOILERHOUSE_BENCH_N=12 BOILERHOUSE_BENCH_CLAIMS=40 BOILERHOUSE_BENCH_COLD_SAMPLES=3 \
 	  $(CARGO) bench --bench claim_latency
 	SYNC_BENCH_SAMPLES=2 $(CARGO) bench --bench sync_restore
+	AUTOSCALE_BENCH_SECS=4 AUTOSCALE_BENCH_RATES=1,3 $(CARGO) bench --bench autoscale
 
 # Removes containers left by test runs (label boilerhouse.instance=t*); never touches others.
 clean-test-containers:
