@@ -196,6 +196,13 @@ async fn settle(
     if r.status != 200 {
         return Err(format!("reload answered {}: {}", r.status, r.body).into());
     }
+    // A fixed pool keeps surplus idle containers (no idle_timeout here): the
+    // previous scenario's are scaled away so each one starts from its own floor.
+    match setting {
+        Setting::FixedSmall => daemon.scale(POOL, 1).await?,
+        Setting::FixedLarge(n) => daemon.scale(POOL, n).await?,
+        Setting::Autoscale => {}
+    }
     daemon
         .wait_pool(POOL, SETTLE, SAMPLE_EVERY, |v| {
             v["idleCount"] == v["idleTarget"]
