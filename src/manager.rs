@@ -376,6 +376,17 @@ impl ContainerManager {
                     self.pools.set(&id, handle, slot.control.clone());
                     report.changed.push(ChangedPool { id, applied });
                 }
+                // A drained pool that ended just now: the workload starts afresh.
+                Err(_) if slot.draining => {
+                    let (handle, control) = pool::spawn_controlled(
+                        self.ctx.clone(),
+                        workload,
+                        Vec::new(),
+                        HashMap::new(),
+                    );
+                    self.pools.set(&id, handle, control);
+                    report.added.push(id);
+                }
                 Err(e) => {
                     tracing::warn!(pool = %id, error = %e, "the pool did not take its new spec")
                 }
