@@ -631,7 +631,7 @@ async fn recover(
         let running = matches!(c.state, EngineState::Running | EngineState::Paused);
         if !valid_cid || !workloads.contains_key(&pool) {
             tracing::info!(container = %c.docker_id, pool, "removing container of an unknown pool");
-            removals.push((c.docker_id.clone(), valid_cid.then(|| cid.clone())));
+            removals.push((c.docker_id.clone(), valid_cid.then(|| cid.clone()), true));
             continue;
         }
         if let Some(record) = by_container.remove(&(pool.clone(), cid.clone())) {
@@ -668,7 +668,7 @@ async fn recover(
             });
         } else {
             tracing::info!(pool, container = %cid, ready, current, clean, "removing unusable container");
-            removals.push((c.docker_id.clone(), Some(cid)));
+            removals.push((c.docker_id.clone(), Some(cid), false));
         }
     }
     for ((pool, cid), record) in by_container {
@@ -679,12 +679,23 @@ async fn recover(
         );
         let _ = ctx.ledger.remove(&pool, &record.tenant_id).await;
     }
-    for (docker_id, cid) in removals {
+    for (docker_id, cid, unknown_pool) in removals {
         if let Err(e) = ctx.runtime.remove(&docker_id).await {
             tracing::warn!(container = %docker_id, error = %e, "cannot remove container");
         }
-        if let Some(cid) = cid {
-            fsutil::remove_dirs(&ContainerDirs::new(config, &cid));
+        let Some(cid) = cid else { continue };
+        let dirs = ContainerDirs::new(config, &cid);
+        // A tenant's state is never deleted before it is uploaded: a claimed
+        // container of a workload whose file was removed (e.g. a restart while its
+        // pool drained) leaves its state dir for the operator.
+        if !unknown_pool || (fsutil::is_empty(&dirs.state) && fsutil::is_empty(&dirs.secrets)) {
+            fsutil::remove_dirs(&dirs);
+        } else {
+            tracing::error!(
+                container = %cid,
+                state_dir = %dirs.state.display(),
+                "container of an unknown pool removed; its state dir is not empty and is left on disk for the operator (bring the workload file back before a restart to release such claims with upload)"
+            );
         }
     }
     Ok((adopted, claimed_hashes))

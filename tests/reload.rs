@@ -462,3 +462,39 @@ async fn a_reload_during_a_burst_of_claims_loses_no_claim_and_leaks_no_container
         assert_eq!(spec_label(&d, cid), settled["specHash"].as_str().unwrap());
     }
 }
+
+/// A restart while a removed workload's pool still drains: the claimed container
+/// has no pool to go back to, but its tenant's state is not deleted un-uploaded.
+#[tokio::test]
+async fn a_restart_during_a_drain_leaves_the_tenant_state_on_disk() {
+    let mut d = Daemon::builder(BIN)
+        .workload("web.yaml", &web("one", "  min_size: 1\n  max_size: 2"))
+        .workload("gone.yaml", &workload("gone", "pool:\n  min_size: 1"))
+        .env("BOILERHOUSE_WORKLOADS_DEBOUNCE_MS", "0")
+        .start()
+        .await;
+    d.wait_idle("gone", 1).await;
+    let cid = d.claim("dora", json!({"poolId": "gone"})).await["containerId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ok, out) = docker_exec(&d.docker_name(&cid), "1000", "echo keep-me > /state/note");
+    assert!(ok, "{out}");
+    std::fs::remove_file(workloads_dir(&d).join("gone.yaml")).unwrap();
+    let (s, r) = d.post("/workloads/reload", json!({})).await;
+    assert_eq!((s, &r["removed"]), (200, &json!(["gone"])), "{r}");
+    d.kill9();
+    d.start_again().await;
+    d.wait_idle("web", 1).await;
+    eventually(WAIT, "the unknown pool's container to be removed", || {
+        (!engine_containers(&d).contains(&cid)).then_some(())
+    })
+    .await;
+    let note = d.state_dir(&cid).join("note");
+    assert_eq!(
+        std::fs::read_to_string(&note).unwrap_or_default().trim(),
+        "keep-me",
+        "the state dir is left for the operator\n{}",
+        d.log_tail()
+    );
+}
