@@ -83,6 +83,8 @@ pub(super) struct Entry {
     /// The spec hash it was created with; one that differs from the pool's is
     /// replaced when idle and removed when released (a rollout).
     pub(super) spec_hash: String,
+    /// The image it was created from (a rollout may change the pool's).
+    pub(super) image: Option<String>,
     /// Its slot under the node cap, freed when the record is dropped.
     _slot: Permit,
 }
@@ -114,6 +116,7 @@ impl Entry {
             was_ready: status != Status::Starting,
             extensions: 0,
             spec_hash: String::new(),
+            image: None,
             _slot: slot,
         }
     }
@@ -195,6 +198,7 @@ impl Pool {
         let mut entry = Entry::new(info.clone(), Status::Starting, "starting", now, slot);
         entry.creating = true;
         entry.spec_hash = self.spec_hash.clone();
+        entry.image = Some(self.workload.image.clone());
         self.containers.insert(container_id.clone(), entry);
         self.creating += 1;
         let (ctx, workload, owner) = (self.ctx.clone(), self.workload.clone(), self.owner);

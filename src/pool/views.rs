@@ -276,7 +276,10 @@ impl Pool {
                 tenant_id: e.claim.as_ref().map(|c| c.tenant.to_string()),
                 status: e.status_str(),
                 health: e.health.clone(),
-                image: self.workload.image.clone(),
+                image: e
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| self.workload.image.clone()),
                 created_at: e.created_at,
                 last_activity_at: e.last_activity_at,
                 starting_since: starting.then_some(e.starting_since),
