@@ -36,6 +36,7 @@ bench: provision
 	$(CARGO) bench --bench claim_latency
 	$(CARGO) bench --bench sync_restore
 	$(CARGO) bench --bench cluster
+	$(CARGO) bench --bench autoscale
 
 # Each benchmark at a small size, so one that no longer completes fails CI. Its
 # figures mean nothing at this N; timings are never asserted.
@@ -44,6 +45,7 @@ bench-smoke: provision
 	  $(CARGO) bench --bench claim_latency
 	SYNC_BENCH_SAMPLES=2 $(CARGO) bench --bench sync_restore
 	BOILERHOUSE_BENCH_CLUSTER_SAMPLES=10 BOILERHOUSE_BENCH_CLUSTER_IDLE=2 $(CARGO) bench --bench cluster
+	AUTOSCALE_BENCH_SECS=4 AUTOSCALE_BENCH_RATES=1,3 $(CARGO) bench --bench autoscale
 
 # Removes containers left by test runs (label boilerhouse.instance=t*); never touches others.
 clean-test-containers:

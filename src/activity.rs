@@ -1,5 +1,9 @@
 //! The activity log: a newest-first ring buffer of the last 1000 events, plus a
 //! broadcast channel so live followers (`GET /events`) see them as they happen.
+//!
+//! Reloads add `workloads.reloaded` / `workloads.reload_failed` (no pool) and, per
+//! pool, `pool.reconfigured`, `pool.rollout.started` / `.completed`,
+//! `pool.draining`, `pool.removed` and `pool.restored`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -33,6 +37,17 @@ impl Event {
             kind,
             timestamp: Utc::now(),
             pool_id: Some(pool.to_owned()),
+            tenant_id: None,
+            container_id: None,
+            message: None,
+        }
+    }
+    /// An event of the daemon as a whole (a workload reload), tied to no pool.
+    pub fn daemon(kind: &'static str) -> Self {
+        Self {
+            kind,
+            timestamp: Utc::now(),
+            pool_id: None,
             tenant_id: None,
             container_id: None,
             message: None,

@@ -65,6 +65,10 @@ pub struct Config {
     /// The node's etcd lease: how long a node that stopped answering etcd still holds
     /// its tenants (rounded up to whole seconds).
     pub cluster_lease_ttl_ms: u64,
+    /// How long `WORKLOADS_DIR` must be quiet after a change before the workloads
+    /// are reloaded (an editor's save is several events); 0 = no watch (SIGHUP and
+    /// `POST /workloads/reload` still reload).
+    pub workloads_debounce_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +112,7 @@ impl Default for Config {
             node_id: None,
             advertise_url: None,
             cluster_lease_ttl_ms: 10_000,
+            workloads_debounce_ms: 500,
         }
     }
 }
@@ -351,6 +356,7 @@ const KNOWN: &[&str] = &[
     "node_id",
     "advertise_url",
     "cluster_lease_ttl_ms",
+    "workloads_debounce_ms",
 ];
 
 /// Keys whose values are strings even when they look like numbers (a token `12345`).

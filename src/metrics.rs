@@ -82,6 +82,13 @@ pub struct PoolGauges {
     pub probe_timeouts: usize,
     pub create_concurrency: usize,
     pub ready_timeout: Duration,
+    pub idle_target: usize,
+    /// One of `min_size`, `demand`, `scale_down_delay`, `max_size`, `node_cap`.
+    pub idle_target_reason: &'static str,
+    pub claims_new: u64,
+    pub claims_warm: u64,
+    pub warm_hit_ratio: Option<f64>,
+    pub rolling: bool,
 }
 
 /// Gauges derived from the pools' state at scrape time.
@@ -111,7 +118,58 @@ pub fn set_pool_gauges(pools: impl IntoIterator<Item = PoolGauges>) {
             .set(p.probe_timeouts as f64);
         metrics::gauge!("boilerhouse_pool_create_concurrency", "pool" => p.pool.clone())
             .set(p.create_concurrency as f64);
-        metrics::gauge!("boilerhouse_pool_ready_timeout_seconds", "pool" => p.pool)
+        metrics::gauge!("boilerhouse_pool_ready_timeout_seconds", "pool" => p.pool.clone())
             .set(p.ready_timeout.as_secs_f64());
+        set_demand_gauges(&p);
     }
+}
+
+/// The idle target and why, warm hits, and whether a rollout runs (issue 15).
+fn set_demand_gauges(p: &PoolGauges) {
+    metrics::gauge!("boilerhouse_pool_idle_target", "pool" => p.pool.clone())
+        .set(p.idle_target as f64);
+    for reason in IDLE_TARGET_REASONS {
+        let current = if *reason == p.idle_target_reason {
+            1.0
+        } else {
+            0.0
+        };
+        metrics::gauge!("boilerhouse_pool_idle_target_reason", "pool" => p.pool.clone(), "reason" => *reason)
+            .set(current);
+    }
+    metrics::counter!("boilerhouse_pool_claims_new_total", "pool" => p.pool.clone())
+        .absolute(p.claims_new);
+    metrics::counter!("boilerhouse_pool_claims_warm_total", "pool" => p.pool.clone())
+        .absolute(p.claims_warm);
+    if let Some(ratio) = p.warm_hit_ratio {
+        metrics::gauge!("boilerhouse_pool_warm_hit_ratio", "pool" => p.pool.clone()).set(ratio);
+    }
+    metrics::gauge!("boilerhouse_pool_rollout_in_progress", "pool" => p.pool.clone())
+        .set(if p.rolling { 1.0 } else { 0.0 });
+}
+
+const IDLE_TARGET_REASONS: &[&str] = &[
+    "min_size",
+    "demand",
+    "scale_down_delay",
+    "max_size",
+    "node_cap",
+];
+
+/// `result`: `applied` (the set was valid) or `rejected` (nothing changed).
+pub fn reload(trigger: &'static str, result: &'static str) {
+    metrics::counter!("boilerhouse_workload_reloads_total", "trigger" => trigger, "result" => result)
+        .increment(1);
+}
+
+pub fn rollout_started(pool: &str) {
+    metrics::counter!("boilerhouse_pool_rollouts_started_total", "pool" => pool.to_owned())
+        .increment(1);
+}
+
+pub fn rollout_completed(pool: &str, took: Duration) {
+    metrics::counter!("boilerhouse_pool_rollouts_completed_total", "pool" => pool.to_owned())
+        .increment(1);
+    metrics::histogram!("boilerhouse_pool_rollout_duration_seconds", "pool" => pool.to_owned())
+        .record(took.as_secs_f64());
 }

@@ -1,14 +1,18 @@
 //! Start-up: logging, workloads, the Docker connection, recovery, the HTTP server,
-//! and graceful shutdown. `main` calls [`run`]; nothing here calls `exit`.
+//! the reload triggers (`SIGHUP`, a watch of `WORKLOADS_DIR`) and graceful
+//! shutdown. `main` calls [`run`]; nothing here calls `exit`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::{Config, LogFormat};
 use crate::edge::EdgeLimits;
+use crate::manager::ContainerManager;
 use crate::runtime::{DockerRuntime, Runtime};
 use crate::workload::{self, Workload};
 
@@ -49,20 +53,12 @@ pub fn init_tracing(format: LogFormat) {
 /// The workloads of `config.workloads_dir`, or the built-in `default` one if it has none.
 pub fn load_workloads(config: &Config) -> Result<Vec<Workload>, StartupError> {
     let env = |name: &str| std::env::var(name).ok();
-    let workloads = workload::load_dir(&config.workloads_dir, &env, &config.default_image)
-        .map_err(|errors| StartupError::Workloads {
+    workload::load_dir_or_default(&config.workloads_dir, &env, &config.default_image).map_err(
+        |errors| StartupError::Workloads {
             dir: config.workloads_dir.display().to_string(),
             errors,
-        })?;
-    if workloads.is_empty() {
-        tracing::info!(
-            dir = %config.workloads_dir.display(),
-            image = %config.default_image,
-            "no workload files; using the built-in default workload"
-        );
-        return Ok(vec![workload::builtin_default(&config.default_image)]);
-    }
-    Ok(workloads)
+        },
+    )
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -113,7 +109,16 @@ pub async fn serve(
 ) -> Result<(), StartupError> {
     let pools: Vec<String> = workloads.iter().map(|w| w.id.to_string()).collect();
     let (instance, limits) = (config.instance.clone(), EdgeLimits::from_config(&config));
+    let (dir, debounce) = (
+        config.workloads_dir.clone(),
+        Duration::from_millis(config.workloads_debounce_ms),
+    );
     let app = App::build(config, runtime, workloads).await?;
+    app.shutdown.spawn(reload_on_sighup(app.manager.clone()));
+    if !debounce.is_zero() {
+        app.shutdown
+            .spawn(reload_on_change(app.manager.clone(), dir, debounce));
+    }
     app.shutdown.spawn(return_freed_memory());
     app.shutdown
         .spawn(crate::ui::samples::sample_pools(app.manager.clone()));
@@ -132,6 +137,71 @@ pub async fn serve(
     tracing::info!("shutting down: containers stay running for the next start");
     app.stop().await;
     Ok(())
+}
+
+/// `SIGHUP` reloads the workload files (as `POST /workloads/reload` does).
+async fn reload_on_sighup(manager: Arc<ContainerManager>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with POST /workloads/reload");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        manager.reload("sighup").await;
+    }
+}
+
+/// Reloads the workload files once `dir` has been quiet for `debounce` after a
+/// change to a workload file. The `notify` crate gives the platform's file events
+/// (inotify here) instead of polling the directory.
+async fn reload_on_change(manager: Arc<ContainerManager>, dir: PathBuf, debounce: Duration) {
+    use notify::Watcher;
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| touches_workload_file(&e)) {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the workloads directory: reload with SIGHUP or POST /workloads/reload");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the workloads directory (it must exist when the daemon starts): reload with SIGHUP or POST /workloads/reload");
+        return;
+    }
+    tracing::info!(dir = %dir.display(), debounce_ms = debounce.as_millis() as u64, "watching the workloads directory");
+    while changes.recv().await.is_some() {
+        // Wait until the directory is quiet: a save is several events, a `cp *` many.
+        loop {
+            match tokio::time::timeout(debounce, changes.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_quiet) => break,
+            }
+        }
+        manager.reload("watch").await;
+    }
+}
+
+/// A workload file (`*.yaml`, `*.yml`) changed, appeared or went; or a
+/// Kubernetes ConfigMap mount swapped its `..data` link. Reads and editors' swap
+/// files are not changes.
+fn touches_workload_file(event: &notify::Event) -> bool {
+    if event.kind.is_access() {
+        return false;
+    }
+    event.paths.iter().any(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        name.starts_with("..")
+            || (!name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")))
+    })
 }
 
 /// glibc keeps memory freed after a burst of claims (one thread per blocking task)

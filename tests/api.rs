@@ -40,6 +40,8 @@ async fn api(workloads: Vec<Workload>, extra: &[(&str, &str)]) -> Api {
         ("BOILERHOUSE_SOCKET_DIR".to_owned(), p("sockets")),
         ("BOILERHOUSE_DATA_DIR".to_owned(), p("data")),
         ("BOILERHOUSE_CLAIM_TIMEOUT_MS".to_owned(), "2000".to_owned()),
+        // Reloads read this (empty) directory unless a test writes files into it.
+        ("BOILERHOUSE_WORKLOADS_DIR".to_owned(), p("workloads")),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::from_vars(vars).unwrap();
@@ -138,6 +140,14 @@ async fn a_claim_is_warm_then_reused_and_a_release_ends_it() {
     );
     let (_, status) = api.call(Method::GET, "/tenants/alice/status", None).await;
     assert_eq!(status["status"], "cold");
+    // The memory runtime counts a create before the container exists: wait for the
+    // refill that the claim started to land, then every created one still runs.
+    for _ in 0..500 {
+        if api.runtime.calls("create") == api.runtime.running() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     assert_eq!(api.runtime.calls("create"), api.runtime.running());
     api.app.stop().await;
 }
@@ -395,6 +405,13 @@ async fn every_documented_operation_is_routed() {
         "ClusterView",
         "ClusterNode",
         "PoolCapacity",
+        "ReloadReport",
+        "ReloadError",
+        "ChangedPool",
+        "Applied",
+        "AutoscaleView",
+        "RolloutView",
+        "TargetReason",
     ] {
         assert!(
             doc["components"]["schemas"].get(schema).is_some(),
@@ -440,4 +457,286 @@ async fn api_with_token() -> Api {
         &[("BOILERHOUSE_API_TOKEN", "a-long-test-token")],
     )
     .await
+}
+
+impl Api {
+    fn workloads_dir(&self) -> std::path::PathBuf {
+        let dir = self.app.manager.config().workloads_dir.clone();
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    async fn pool(&self, id: &str) -> Value {
+        let (s, v) = self.call(Method::GET, &format!("/pools/{id}"), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Polls `/pools/:id` until `ok` holds (no timing is asserted: only the state).
+    async fn pool_until(&self, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..500 {
+            last = self.pool(id).await;
+            if ok(&last) {
+                return last;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("pool {id} never reached: {what}; last view {last}");
+    }
+}
+
+/// The idle target follows demand: a burst of claims raises it to arrivals +
+/// buffer at once; after the window and the scale-down delay it falls back.
+#[tokio::test]
+async fn autoscaling_raises_the_idle_target_with_a_burst_and_lowers_it_after_a_lull() {
+    let w = workload(
+        "id: web\nimage: img\npool:\n  min_size: 1\n  max_size: 30\n  autoscale:\n    buffer: 2\n    window: 1s\n    scale_down_delay: 1s\n",
+    );
+    let api = api(vec![w], &[]).await;
+    let v = api
+        .pool_until("web", "idle at the buffer", |v| v["idleCount"] == 2)
+        .await;
+    assert_eq!(v["idleTarget"], 2, "{v}");
+    assert_eq!(v["idleTargetReason"], "demand", "{v}");
+    for i in 0..6 {
+        let (s, b) = api
+            .call(Method::POST, &format!("/tenants/t{i}/claim"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let v = api.pool("web").await;
+    assert!(
+        v["idleTarget"].as_u64().unwrap() >= 8,
+        "6 arrivals + 2: {v}"
+    );
+    assert_eq!(v["autoscale"]["claimArrivals"], 6, "{v}");
+    let v = api
+        .pool_until("web", "idle up to the raised target", |v| {
+            v["idleCount"].as_u64() >= Some(8)
+        })
+        .await;
+    assert_eq!(v["claimsNew"], 6, "{v}");
+    for i in 0..6 {
+        let (s, b) = api
+            .call(Method::POST, &format!("/tenants/t{i}/release"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let held = api
+        .pool_until("web", "the target held by the delay", |v| {
+            v["idleTargetReason"] == "scale_down_delay"
+        })
+        .await;
+    assert!(held["idleTarget"].as_u64().unwrap() >= 8, "{held}");
+    let v = api
+        .pool_until("web", "back to the buffer", |v| {
+            v["idleTarget"] == 2 && v["idleCount"] == 2
+        })
+        .await;
+    assert_eq!(v["idleTargetReason"], "demand", "{v}");
+    let ratio = v["warmHitRatio"].as_f64().expect("a ratio after claims");
+    assert!((0.0..=1.0).contains(&ratio), "{v}");
+    let (s, metrics) = api.call(Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = metrics.as_str().unwrap_or_default();
+    for name in [
+        "boilerhouse_pool_idle_target{pool=\"web\"}",
+        "boilerhouse_pool_warm_hit_ratio{pool=\"web\"}",
+        "boilerhouse_pool_idle_target_reason{pool=\"web\",reason=\"demand\"} 1",
+    ] {
+        assert!(text.contains(name), "{name} in /metrics:\n{text}");
+    }
+}
+
+/// All-or-nothing reloads in process: an invalid file changes nothing and is
+/// reported (reload route and `GET /workloads`); a valid set adds a pool, applies
+/// a size change in place, rolls a spec change and drains a removed workload.
+#[tokio::test]
+async fn a_reload_applies_the_whole_set_or_nothing() {
+    let api = api(vec![web(1, 5)], &[]).await;
+    let dir = api.workloads_dir();
+    let web_yaml = |min: usize, image: &str| {
+        format!(
+            "id: web\nimage: {image}\npool:\n  min_size: {min}\n  max_size: 5\n  recycle: reuse\n"
+        )
+    };
+    std::fs::write(dir.join("web.yaml"), web_yaml(1, "img")).unwrap();
+    std::fs::write(dir.join("bad.yaml"), "id: bad\npool:\n  min_siz: 1\n").unwrap();
+    let before = api.pool("web").await;
+
+    let (s, r) = api.call(Method::POST, "/workloads/reload", None).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+    assert_eq!(code(&r), "reload_rejected", "{r}");
+    assert_eq!(r["applied"], false);
+    let e = &r["errors"][0];
+    assert!(e["file"].as_str().unwrap().ends_with("bad.yaml"), "{r}");
+    assert_eq!(
+        (e["line"].as_u64(), e["key"].as_str()),
+        (Some(3), Some("pool.min_siz")),
+        "{r}"
+    );
+    let req = Request::get("/workloads").body(Body::empty()).unwrap();
+    let res = api.app.router.clone().oneshot(req).await.unwrap();
+    let header = res.headers()["boilerhouse-reload-errors"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let shown: Value = serde_json::from_str(&header).unwrap();
+    assert_eq!(shown[0]["key"], "pool.min_siz", "{header}");
+    let after = api.pool("web").await;
+    assert_eq!(before["specHash"], after["specHash"]);
+    let (s, _) = api.call(Method::GET, "/pools/bad", None).await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "nothing of the invalid set was applied"
+    );
+
+    // Valid: a new pool, and web's size changes (in place: no container replaced).
+    std::fs::remove_file(dir.join("bad.yaml")).unwrap();
+    std::fs::write(
+        dir.join("api.yaml"),
+        "id: api\nimage: img\npool:\n  min_size: 1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("web.yaml"), web_yaml(2, "img")).unwrap();
+    let (_, containers) = api.call(Method::GET, "/containers?poolId=web", None).await;
+    let first = containers[0]["id"].clone();
+    let (s, r) = api.call(Method::POST, "/workloads/reload", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["added"], json!(["api"]), "{r}");
+    assert_eq!(r["changed"][0]["applied"]["kind"], "inPlace", "{r}");
+    let v = api
+        .pool_until("web", "two idle", |v| v["idleCount"] == 2)
+        .await;
+    assert_eq!(v["specHash"], before["specHash"], "{v}");
+    let (_, containers) = api.call(Method::GET, "/containers?poolId=web", None).await;
+    assert!(
+        containers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == first),
+        "the first container stayed: {containers}"
+    );
+    api.pool_until("api", "warm", |v| v["idleCount"] == 1).await;
+    let req = Request::get("/workloads").body(Body::empty()).unwrap();
+    let res = api.app.router.clone().oneshot(req).await.unwrap();
+    assert!(res.headers().get("boilerhouse-reload-errors").is_none());
+
+    // A claimed tenant, then a spec change: idle ones roll, the claim keeps its spec.
+    let (s, claim) = api
+        .call(
+            Method::POST,
+            "/tenants/alice/claim",
+            Some(json!({"poolId": "web"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{claim}");
+    let alice = claim["containerId"].clone();
+    std::fs::write(dir.join("web.yaml"), web_yaml(2, "img2")).unwrap();
+    let (s, r) = api.call(Method::POST, "/workloads/reload", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["changed"][0]["applied"]["kind"], "rollout", "{r}");
+    assert_eq!(r["changed"][0]["applied"]["claimed"], 1, "{r}");
+    let new_hash = api.pool("web").await["specHash"].clone();
+    assert_ne!(new_hash, before["specHash"]);
+    api.pool_until("web", "idle containers all of the new spec", |v| {
+        v["idleCount"] == 2 && v["rollout"]["oldIdle"] == 0
+    })
+    .await;
+    let (_, containers) = api.call(Method::GET, "/containers?poolId=web", None).await;
+    // Old idle containers still being removed are listed as releasing.
+    let live = containers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] != "releasing" || c["id"] == alice);
+    for c in live {
+        let expected = if c["id"] == alice {
+            &before["specHash"]
+        } else {
+            &new_hash
+        };
+        assert_eq!(&c["specHash"], expected, "{c}");
+        let image = if c["id"] == alice { "img" } else { "img2" };
+        assert_eq!(c["image"], image, "{c}");
+    }
+    // Released, alice's old container goes instead of returning to idle.
+    let (s, _) = api.call(Method::POST, "/tenants/alice/release", None).await;
+    assert_eq!(s, StatusCode::OK);
+    api.pool_until("web", "the rollout done", |v| v["rollout"].is_null())
+        .await;
+    let (_, containers) = api.call(Method::GET, "/containers?poolId=web", None).await;
+    assert!(
+        containers
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] != "releasing")
+            .all(|c| c["specHash"] == new_hash && c["id"] != alice),
+        "{containers}"
+    );
+
+    // Removed: claims get 404, the pool drains and ends once bob releases.
+    let (s, _) = api
+        .call(
+            Method::POST,
+            "/tenants/bob/claim",
+            Some(json!({"poolId": "api"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    std::fs::remove_file(dir.join("api.yaml")).unwrap();
+    let (s, r) = api.call(Method::POST, "/workloads/reload", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["removed"], json!(["api"]), "{r}");
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/tenants/carol/claim",
+            Some(json!({"poolId": "api"})),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b)),
+        (StatusCode::NOT_FOUND, "pool_not_found"),
+        "{b}"
+    );
+    let v = api
+        .pool_until("api", "draining", |v| v["status"] == "draining")
+        .await;
+    assert_eq!(
+        (v["idleCount"].as_u64(), v["claimedCount"].as_u64()),
+        (Some(0), Some(1)),
+        "{v}"
+    );
+    let (s, _) = api.call(Method::POST, "/tenants/bob/release", None).await;
+    assert_eq!(s, StatusCode::OK);
+    for _ in 0..500 {
+        let (s, _) = api.call(Method::GET, "/pools/api", None).await;
+        if s == StatusCode::NOT_FOUND {
+            let (_, events) = api.call(Method::GET, "/activity?limit=200", None).await;
+            let kinds: Vec<&str> = events["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["type"].as_str())
+                .collect();
+            for k in [
+                "workloads.reload_failed",
+                "workloads.reloaded",
+                "pool.rollout.started",
+                "pool.rollout.completed",
+                "pool.draining",
+                "pool.removed",
+            ] {
+                assert!(kinds.contains(&k), "{k} in {kinds:?}");
+            }
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the drained pool never ended");
 }

@@ -169,6 +169,7 @@ impl From<crate::pool::PoolError> for ApiError {
             P::Ledger(m) => ApiError::LedgerUnavailable(m),
             P::Internal(m) => ApiError::Internal(m),
             P::Stopped => ApiError::DockerUnavailable("the daemon is shutting down".into()),
+            P::Removed(id) => ApiError::PoolNotFound(id),
         }
     }
 }

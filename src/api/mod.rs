@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod pools;
 pub mod system;
 pub mod tenants;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +88,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         )
         .merge(cluster::routes())
         .merge(pools::routes())
+        .merge(workloads::routes())
         .merge(containers::routes())
         .merge(system::routes())
         .route_layer(timeout.clone())

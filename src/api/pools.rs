@@ -1,5 +1,4 @@
-//! `/pools` and `/workloads`: pool state, scaling, and the parsed workload specs
-//! (sink credentials redacted by the spec's serializer).
+//! `/pools`: pool state and scaling (the workload specs are in `workloads.rs`).
 
 use axum::extract::State;
 use axum::Json;
@@ -9,7 +8,6 @@ use super::body::{JsonBody, PathParam};
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::pool::{PoolView, ScaleOutcome};
-use crate::workload::Workload;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -46,32 +44,10 @@ pub async fn scale(
     Ok(Json(state.manager.scale(pool, target).await?))
 }
 
-#[utoipa::path(get, path = "/workloads", tag = "workloads", responses((status = 200, description = "Parsed workload specs, credentials redacted", body = Vec<Object>), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
-pub async fn workloads(State(state): State<AppState>) -> Json<Vec<Workload>> {
-    Json(
-        state
-            .manager
-            .pools()
-            .map(|p| (*p.workload).clone())
-            .collect(),
-    )
-}
-
-#[utoipa::path(get, path = "/workloads/{id}", tag = "workloads", params(("id" = String, Path, description = "Pool (workload) id")), responses((status = 200, description = "One workload spec", body = Object), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub async fn workload(
-    State(state): State<AppState>,
-    PathParam(id): PathParam,
-) -> Result<Json<Workload>, ApiError> {
-    let pool = state.resolve_pool(Some(&id))?;
-    Ok(Json((*pool.workload).clone()))
-}
-
-/// The pool and workload routes, with their OpenAPI entries.
+/// The pool routes, with their OpenAPI entries.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(get))
         .routes(routes!(scale))
-        .routes(routes!(workloads))
-        .routes(routes!(workload))
 }

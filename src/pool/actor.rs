@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use super::autoscale::{Demand, Inputs};
 use super::claims::{Claim, ClaimState, Waiting};
 use super::containers::{ContainerInfo, Entry, Status};
 use super::handle::{Adopted, Msg, PoolHandle};
 use super::readiness::{Look, INITIAL_CREATE_CONCURRENCY, STABLE};
+use super::rollout::{Control, PoolControl, Rollout};
 use super::views::LastError;
 use super::PoolContext;
 use crate::activity::Event;
@@ -62,24 +64,51 @@ pub(super) struct Pool {
     pub(super) image_present: Arc<AtomicBool>,
     pub(super) tx: mpsc::WeakSender<Msg>,
     pub(super) stopping: bool,
+    /// Claim arrivals, the idle target and warm-hit counts.
+    pub(super) demand: Demand,
+    /// The workload was removed: no claims, no refill; the actor ends when its
+    /// last container is gone, telling these.
+    pub(super) draining: bool,
+    pub(super) drained: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Idle containers of an older spec are being replaced.
+    pub(super) rollout: Option<Rollout>,
 }
 
 /// Starts the actor for `workload` with the containers recovered for it.
 pub fn spawn(ctx: Arc<PoolContext>, workload: Arc<Workload>, adopted: Vec<Adopted>) -> PoolHandle {
-    let (tx, rx) = mpsc::channel(1024);
-    let config = &ctx.config;
+    spawn_controlled(ctx, workload, adopted, HashMap::new()).0
+}
+
+/// The pool's sizes for `workload`: `min_size` (never above `max_size`) and `max_size`.
+pub(super) fn sizes(workload: &Workload, config: &crate::config::Config) -> (usize, usize) {
     let min_size = workload.pool.min_size.unwrap_or(config.pool_size);
     let max_size = workload
         .pool
         .max_size
         .unwrap_or(config.max_containers)
         .max(1);
+    (min_size.min(max_size), max_size)
+}
+
+/// [`spawn`], plus the [`PoolControl`] a reload uses. `spec_hashes` gives the spec
+/// hash label of adopted claimed containers, which may be of an older spec; any
+/// container not in it is taken to be of the current spec.
+pub fn spawn_controlled(
+    ctx: Arc<PoolContext>,
+    workload: Arc<Workload>,
+    adopted: Vec<Adopted>,
+    spec_hashes: HashMap<String, String>,
+) -> (PoolHandle, PoolControl) {
+    let (tx, rx) = mpsc::channel(1024);
+    let (control, control_rx) = PoolControl::channel();
+    let config = &ctx.config;
+    let (min_size, max_size) = sizes(&workload, config);
     let mut pool = Pool {
         spec_hash: spec_hash(&workload, config),
         ctx: ctx.clone(),
         workload: workload.clone(),
         owner: workload.owner(),
-        min_size: min_size.min(max_size),
+        min_size,
         max_size,
         containers: HashMap::new(),
         idle: VecDeque::new(),
@@ -96,10 +125,14 @@ pub fn spawn(ctx: Arc<PoolContext>, workload: Arc<Workload>, adopted: Vec<Adopte
         image_present: Arc::new(AtomicBool::new(false)),
         tx: tx.downgrade(),
         stopping: false,
+        demand: Demand::new(min_size),
+        draining: false,
+        drained: Vec::new(),
+        rollout: None,
     };
-    pool.adopt(adopted);
-    tokio::spawn(pool.run(rx));
-    PoolHandle { workload, tx }
+    pool.adopt(adopted, spec_hashes);
+    tokio::spawn(pool.run(rx, control_rx));
+    (PoolHandle { workload, tx }, control)
 }
 
 impl Pool {
@@ -124,7 +157,7 @@ impl Pool {
         }
     }
 
-    fn adopt(&mut self, adopted: Vec<Adopted>) {
+    fn adopt(&mut self, adopted: Vec<Adopted>, mut spec_hashes: HashMap<String, String>) {
         for a in adopted {
             let tenant = match &a.claim {
                 None => None,
@@ -153,6 +186,9 @@ impl Pool {
                 a.created_at,
                 self.ctx.capacity.adopt(),
             );
+            entry.spec_hash = spec_hashes
+                .remove(&a.container_id)
+                .unwrap_or_else(|| self.spec_hash.clone());
             match (tenant, a.claim) {
                 (Some(tenant), Some(record)) => {
                     let mut claim = Claim::new(tenant.clone(), ClaimState::Warm, false);
@@ -169,11 +205,16 @@ impl Pool {
         for t in tenants {
             self.start_periodic(&t);
         }
+        if self.containers.values().any(|e| self.is_stale(e)) {
+            self.begin_rollout();
+        }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut control: mpsc::Receiver<Control>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Pools started without a reload path (tests) drop their control at once.
+        let mut controlled = true;
         self.refill();
         loop {
             tokio::select! {
@@ -186,10 +227,44 @@ impl Pool {
                     }
                     self.handle(msg);
                 }
+                c = control.recv(), if controlled => match c {
+                    Some(c) => self.on_control(c),
+                    None => controlled = false,
+                },
                 _ = tick.tick() => self.on_tick(),
+            }
+            if self.finished_draining() {
+                break;
             }
         }
         tracing::debug!(pool = %self.workload.id, "pool actor stopped");
+    }
+
+    /// The idle containers the pool keeps now.
+    pub(super) fn idle_target(&self) -> usize {
+        self.demand.target.value
+    }
+
+    /// Recomputes the idle target from demand and the limits.
+    pub(super) fn update_target(&mut self) {
+        let free = self
+            .ctx
+            .config
+            .max_containers
+            .saturating_sub(self.ctx.capacity.used());
+        let inputs = Inputs {
+            min_size: if self.draining { 0 } else { self.min_size },
+            max_size: self.max_size,
+            claimed: self.tenants.len(),
+            node_room: free + self.idle.len() + self.starting_count(),
+        };
+        let spec = self
+            .workload
+            .pool
+            .autoscale
+            .as_ref()
+            .filter(|_| !self.draining);
+        self.demand.update(spec, inputs, Instant::now());
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -238,7 +313,11 @@ impl Pool {
             }
             Msg::Removed { container_id } => {
                 // Dropping the record gives its node slot back.
-                if self.containers.remove(&container_id).is_some() {
+                if let Some(entry) = self.containers.remove(&container_id) {
+                    let stale = entry.spec_hash != self.spec_hash;
+                    if let (Some(r), true) = (self.rollout.as_mut(), stale) {
+                        r.replaced += 1;
+                    }
                     self.record(
                         Event::new("container.destroyed", self.id()).container(&container_id),
                     );
@@ -280,6 +359,8 @@ impl Pool {
         }
         self.forget_old_probe_timeouts();
         self.expire_waiting(now);
+        self.update_target();
+        self.rollout_step();
         self.remove_surplus_idle();
         self.check_inactive_claims(now);
         self.refill();
@@ -310,12 +391,26 @@ impl Pool {
         }
     }
 
-    /// Surplus idle containers past the pool's idle timeout.
+    /// Idle containers above the target: with autoscaling all of them (the target
+    /// already waited out the scale-down delay), else those past the idle timeout.
     fn remove_surplus_idle(&mut self) {
+        if self.workload.pool.autoscale.is_some() {
+            while self.idle.len() > self.idle_target() {
+                // Older specs first, then the oldest.
+                let pick = self
+                    .idle
+                    .iter()
+                    .find(|c| self.containers.get(*c).is_some_and(|e| self.is_stale(e)))
+                    .or(self.idle.front())
+                    .cloned();
+                let Some(c) = pick else { break };
+                self.remove_container(&c);
+            }
+        }
         let Some(limit) = self.workload.pool.idle_timeout else {
             return;
         };
-        while self.idle.len() > self.min_size {
+        while self.idle.len() > self.idle_target() {
             let Some(oldest) = self.idle.front().cloned() else {
                 break;
             };

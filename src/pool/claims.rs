@@ -190,8 +190,12 @@ impl Pool {
     // ----- a claim arrives ----------------------------------------------------
 
     pub(super) fn on_claim(&mut self, req: ClaimRequest, reply: Reply<ClaimGrant>) {
-        if self.stopping {
-            let _ = reply.send(Err(PoolError::Stopped));
+        if self.stopping || self.draining {
+            let err = match self.stopping {
+                true => PoolError::Stopped,
+                false => PoolError::Removed(self.id().to_owned()),
+            };
+            let _ = reply.send(Err(err));
             return;
         }
         let ClaimRequest {
@@ -232,6 +236,7 @@ impl Pool {
             w.replies.push(asker);
             return;
         }
+        self.demand.claim_arrived(!self.idle.is_empty());
         if let Some(container_id) = self.idle.pop_front() {
             self.start_provisioning(req.tenant, container_id, vec![asker], req.metadata, false);
             self.refill();

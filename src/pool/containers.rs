@@ -80,6 +80,11 @@ pub(super) struct Entry {
     pub(super) was_ready: bool,
     /// Times its deadline was extended because the node was overloaded.
     pub(super) extensions: u8,
+    /// The spec hash it was created with; one that differs from the pool's is
+    /// replaced when idle and removed when released (a rollout).
+    pub(super) spec_hash: String,
+    /// The image it was created from (a rollout may change the pool's).
+    pub(super) image: Option<String>,
     /// Its slot under the node cap, freed when the record is dropped.
     _slot: Permit,
 }
@@ -110,6 +115,8 @@ impl Entry {
             early: None,
             was_ready: status != Status::Starting,
             extensions: 0,
+            spec_hash: String::new(),
+            image: None,
             _slot: slot,
         }
     }
@@ -140,15 +147,31 @@ impl Pool {
             .count()
     }
 
-    /// Creates containers until idle + starting covers `min_size` and the queue,
-    /// within `max_size`, the node cap, the create limit and the backoff.
+    /// Starting containers of the current spec (older ones are removed once ready).
+    pub(super) fn fresh_starting(&self) -> usize {
+        self.containers
+            .values()
+            .filter(|e| e.status == Status::Starting && !self.is_stale(e))
+            .count()
+    }
+
+    /// Creates containers until idle + starting covers the idle target and the
+    /// queue, within `max_size`, the node cap, the create limit and the backoff.
+    /// During a rollout a few more (the surge) replace idle ones of the old spec.
     pub(super) fn refill(&mut self) {
-        if self.stopping {
+        if self.stopping || self.draining {
             return;
         }
+        self.update_target();
         let waiting = self.queue.len();
+        let starting = self.fresh_starting();
+        let surge = if self.rollout.is_some() {
+            self.surge()
+        } else {
+            0
+        };
         let want =
-            (self.min_size + waiting).saturating_sub(self.idle.len() + self.starting_count());
+            (self.idle_target() + waiting + surge).saturating_sub(self.idle.len() + starting);
         let room = self.max_size.saturating_sub(self.containers.len());
         let slots = self.create_limit.saturating_sub(self.creating);
         let n = want.min(room).min(slots);
@@ -174,6 +197,8 @@ impl Pool {
         let now = Utc::now();
         let mut entry = Entry::new(info.clone(), Status::Starting, "starting", now, slot);
         entry.creating = true;
+        entry.spec_hash = self.spec_hash.clone();
+        entry.image = Some(self.workload.image.clone());
         self.containers.insert(container_id.clone(), entry);
         self.creating += 1;
         let (ctx, workload, owner) = (self.ctx.clone(), self.workload.clone(), self.owner);

@@ -29,4 +29,8 @@ pub enum PoolError {
     Internal(String),
     #[error("the pool is shutting down")]
     Stopped,
+    /// Its workload file was removed by a reload: the pool takes no claims and ends
+    /// once its claimed containers are released.
+    #[error("pool {0} was removed (its workload file is gone); it takes no new claims")]
+    Removed(String),
 }

@@ -18,9 +18,13 @@
 //!   removal, destroy, engine events, scaling;
 //! - `readiness`: when a new container may be handed out, and failures;
 //! - `tasks`: the slow work the actor spawns;
+//! - `autoscale`: the idle target (fixed `min_size`, or demand + buffer) and
+//!   warm-hit counts; `rollout`: a reloaded workload applied to a running pool
+//!   (in place, or idle containers replaced a few at a time), and draining;
 //! - [`views`]: what the API shows; [`capacity`]: the node cap as permits.
 
 mod actor;
+mod autoscale;
 pub mod capacity;
 mod claims;
 mod containers;
@@ -28,18 +32,22 @@ mod error;
 pub mod handle;
 mod readiness;
 mod release;
+mod rollout;
 mod tasks;
 pub mod views;
 
 use std::sync::Arc;
 
-pub use actor::spawn;
+pub use actor::{spawn, spawn_controlled};
+pub use autoscale::TargetReason;
 pub use capacity::NodeCapacity;
 pub use containers::{endpoints, ContainerInfo, Endpoints};
 pub use error::PoolError;
 pub use handle::{Adopted, ClaimGrant, ClaimRequest, PoolHandle, Secrets};
+pub use rollout::{retarget, Applied, PoolControl};
 pub use views::{
-    ClaimView, ContainerView, LastError, PoolView, ScaleOutcome, Snapshot, StartingView,
+    AutoscaleView, ClaimView, ContainerView, LastError, PoolView, RolloutView, ScaleOutcome,
+    Snapshot, StartingView,
 };
 
 use crate::activity::ActivityLog;

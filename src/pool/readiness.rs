@@ -165,6 +165,12 @@ impl Pool {
         if entry.status != Status::Starting || entry.creating {
             return;
         }
+        if self.retire_instead_of_idle(container_id) {
+            return;
+        }
+        let Some(entry) = self.containers.get_mut(container_id) else {
+            return;
+        };
         entry.status = Status::Idle;
         entry.health = "healthy".into();
         entry.idle_since = Instant::now();

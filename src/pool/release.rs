@@ -106,8 +106,13 @@ impl Pool {
             Ok(recycled) => {
                 let claim = entry.claim.take();
                 self.tenants.remove(&tenant);
+                // A drained pool or a rolled-out spec takes the container instead.
+                let retire = self.draining || entry.spec_hash != self.spec_hash;
                 match recycled {
                     Recycled::Removing => self.remove_container(&container_id),
+                    Recycled::Idle | Recycled::Starting(_) if retire => {
+                        self.remove_container(&container_id)
+                    }
                     Recycled::Idle => {
                         entry.status = Status::Idle;
                         entry.health = "healthy".into();

@@ -298,3 +298,65 @@ async fn reuse_returns_the_container_to_the_idle_set_wiped() {
         Err(PoolError::NotClaimed)
     ));
 }
+
+/// A rollout at `max_size`: no room for a surge, so one old idle container at a
+/// time makes room for a new one; the pool never holds more than `max_size`, and
+/// ends with only containers of the new spec.
+#[tokio::test]
+async fn a_rollout_at_max_size_replaces_one_at_a_time_within_the_cap() {
+    let f = fixture(10);
+    let (pool, control) = spawn_controlled(
+        f.ctx.clone(),
+        workload("web", 2, 2),
+        vec![],
+        Default::default(),
+    );
+    idle(&pool, 2).await;
+    let mut changed = (*workload("web", 2, 2)).clone();
+    changed.image = "img2".into();
+    let applied = control.apply(Arc::new(changed)).await.unwrap();
+    assert_eq!(
+        applied,
+        Applied::Rollout {
+            idle: 2,
+            claimed: 0
+        }
+    );
+    for _ in 0..500 {
+        let s = pool.snapshot().await.unwrap();
+        assert!(s.pool.current_size <= 2, "above max_size: {:?}", s.pool);
+        let all_new = s.containers.iter().all(|c| c.spec_hash == s.pool.spec_hash);
+        if s.pool.rollout.is_none() && all_new && s.pool.idle_count == 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the rollout never finished");
+}
+
+/// Draining: claims are refused as removed, idle containers go, and the actor
+/// ends (telling the manager) once the last container is gone.
+#[tokio::test]
+async fn a_drained_pool_refuses_claims_and_ends_with_its_last_container() {
+    let f = fixture(10);
+    let (pool, control) = spawn_controlled(
+        f.ctx.clone(),
+        workload("web", 2, 4),
+        vec![],
+        Default::default(),
+    );
+    idle(&pool, 2).await;
+    pool.claim(req("a", 0)).await.unwrap();
+    let (claimed, ended) = control.drain().await.unwrap();
+    assert_eq!(claimed, 1);
+    assert!(matches!(
+        pool.claim(req("b", 0)).await,
+        Err(PoolError::Removed(_))
+    ));
+    pool.release(TenantId::parse("a").unwrap(), false)
+        .await
+        .unwrap();
+    ended.await.expect("the pool ends once drained");
+    assert!(matches!(pool.snapshot().await, Err(PoolError::Stopped)));
+    assert_eq!(f.ctx.capacity.used(), 0, "every node slot is back");
+}

@@ -48,6 +48,50 @@ pub struct PoolView {
     /// A sentence for the operator when the pool is held back by something.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// Idle ready containers the pool keeps now: `minSize`, or with
+    /// `pool.autoscale` recent demand + buffer, within the limits.
+    pub idle_target: usize,
+    /// Why the target is what it is: `min_size`, `demand`, `scale_down_delay`,
+    /// `max_size` or `node_cap`.
+    pub idle_target_reason: crate::pool::TargetReason,
+    /// With `pool.autoscale`: the demand the target follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleView>,
+    /// New claims (not repeats) since the pool started, and how many of them took
+    /// an idle container (warm hits).
+    pub claims_new: u64,
+    pub claims_warm: u64,
+    /// claimsWarm / claimsNew; null before the first claim.
+    pub warm_hit_ratio: Option<f64>,
+    /// The spec hash new containers get (`boilerhouse.spec-hash` label).
+    pub spec_hash: String,
+    /// A reload changed the container spec and old containers are still there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleView {
+    /// As in the workload file: a count, or a share of the claimed count (`"20%"`).
+    #[schema(value_type = Object)]
+    pub buffer: crate::workload::Buffer,
+    pub window_ms: u64,
+    pub scale_down_delay_ms: u64,
+    /// New claims in the last window.
+    pub claim_arrivals: usize,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutView {
+    pub started_at: DateTime<Utc>,
+    /// Containers of the old spec removed so far.
+    pub replaced: usize,
+    /// Idle or starting containers of the old spec still to replace.
+    pub old_idle: usize,
+    /// Claimed containers that keep the old spec until released.
+    pub old_claimed: usize,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -76,6 +120,9 @@ pub struct ContainerView {
     /// Starting containers: the time by which they must be ready or are given up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_by: Option<DateTime<Utc>>,
+    /// The spec it was created with; differs from the pool's `specHash` while a
+    /// rollout has not replaced it yet (or its claim keeps it).
+    pub spec_hash: String,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -129,12 +176,20 @@ impl From<&PoolView> for crate::metrics::PoolGauges {
             probe_timeouts: p.probe_timeouts,
             create_concurrency: p.create_concurrency,
             ready_timeout: Duration::from_millis(p.ready_timeout_ms),
+            idle_target: p.idle_target,
+            idle_target_reason: p.idle_target_reason.as_str(),
+            claims_new: p.claims_new,
+            claims_warm: p.claims_warm,
+            warm_hit_ratio: p.warm_hit_ratio,
+            rolling: p.rollout.is_some(),
         }
     }
 }
 
 impl Pool {
-    pub(super) fn view(&self) -> PoolView {
+    pub(super) fn view(&mut self) -> PoolView {
+        // The target as of now, not of the last tick (a view right after a burst).
+        self.update_target();
         let claimed = self
             .containers
             .values()
@@ -160,7 +215,9 @@ impl Pool {
             )
         });
         let failing = self.failures.failures() > 0;
-        let status = if failing && self.idle.is_empty() {
+        let status = if self.draining {
+            "draining"
+        } else if failing && self.idle.is_empty() {
             "error"
         } else if failing || self.idle.len() < self.min_size {
             "degraded"
@@ -172,7 +229,8 @@ impl Pool {
             workload_id: self.id().to_owned(),
             workload_name: self.workload.name.clone(),
             image: self.workload.image.clone(),
-            min_size: self.min_size,
+            // A draining pool keeps no idle containers: its floor is gone.
+            min_size: if self.draining { 0 } else { self.min_size },
             max_size: self.max_size,
             current_size: self.containers.len(),
             claimed_count: claimed,
@@ -186,10 +244,28 @@ impl Pool {
             create_concurrency: self.create_limit,
             probe_timeouts,
             warning,
+            idle_target: self.demand.target.value,
+            idle_target_reason: self.demand.target.reason,
+            autoscale: self
+                .workload
+                .pool
+                .autoscale
+                .as_ref()
+                .map(|a| AutoscaleView {
+                    buffer: a.buffer,
+                    window_ms: a.window.as_millis() as u64,
+                    scale_down_delay_ms: a.scale_down_delay.as_millis() as u64,
+                    claim_arrivals: self.demand.arrivals(a.window, std::time::Instant::now()),
+                }),
+            claims_new: self.demand.new_claims,
+            claims_warm: self.demand.warm,
+            warm_hit_ratio: self.demand.warm_hit_ratio(),
+            spec_hash: self.spec_hash.clone(),
+            rollout: self.rollout_view(),
         }
     }
 
-    pub(super) fn snapshot(&self) -> Snapshot {
+    pub(super) fn snapshot(&mut self) -> Snapshot {
         let mut containers = Vec::with_capacity(self.containers.len());
         let mut claims = Vec::with_capacity(self.tenants.len());
         for e in self.containers.values() {
@@ -200,11 +276,15 @@ impl Pool {
                 tenant_id: e.claim.as_ref().map(|c| c.tenant.to_string()),
                 status: e.status_str(),
                 health: e.health.clone(),
-                image: self.workload.image.clone(),
+                image: e
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| self.workload.image.clone()),
                 created_at: e.created_at,
                 last_activity_at: e.last_activity_at,
                 starting_since: starting.then_some(e.starting_since),
                 ready_by: e.ready_by.filter(|_| starting).map(|(_, wall)| wall),
+                spec_hash: e.spec_hash.clone(),
             });
             if let Some(c) = &e.claim {
                 claims.push(ClaimView {

@@ -75,11 +75,11 @@ impl ContainerDirs {
 pub fn spec_hash(workload: &Workload, config: &Config) -> String {
     let mut hasher = Sha256::new();
     let mut w = workload.clone();
-    // Sync settings and pool sizing do not change how a container is built.
+    // Sync settings and the pool block (sizes, timeouts, recycling, autoscaling) do
+    // not change how a container is built: a reload that changes only them must
+    // not replace any container.
     w.sync = None;
-    w.pool.min_size = None;
-    w.pool.max_size = None;
-    w.pool.idle_timeout = None;
+    w.pool = crate::workload::PoolSpec::default();
     w.source = None;
     hasher.update(serde_json::to_vec(&w).unwrap_or_default());
     hasher.update(

@@ -59,6 +59,25 @@ impl fmt::Display for LoadErrors {
 
 impl std::error::Error for LoadErrors {}
 
+/// [`load_dir`], or the built-in `default` workload when the directory has no
+/// workload file: what start-up and every reload use.
+pub fn load_dir_or_default(
+    dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    default_image: &str,
+) -> Result<Vec<Workload>, LoadErrors> {
+    let workloads = load_dir(dir, env, default_image)?;
+    if workloads.is_empty() {
+        tracing::info!(
+            dir = %dir.display(),
+            image = %default_image,
+            "no workload files; using the built-in default workload"
+        );
+        return Ok(vec![builtin_default(default_image)]);
+    }
+    Ok(workloads)
+}
+
 /// Loads every `*.yaml` / `*.yml` file directly in `dir`, in file-name order.
 ///
 /// A missing directory is not an error (the caller falls back to [`builtin_default`]);
@@ -236,13 +255,7 @@ pub(super) fn base_workload(id: WorkloadId, image: &str) -> Workload {
         network_mode: None,
         labels: BTreeMap::new(),
         cap_add: Vec::new(),
-        pool: PoolSpec {
-            min_size: None,
-            max_size: None,
-            idle_timeout: None,
-            recycle: Recycle::Destroy,
-            ready_timeout: None,
-        },
+        pool: PoolSpec::default(),
         sync: None,
         source: None,
     }

@@ -15,5 +15,5 @@ mod values;
 #[cfg(test)]
 mod tests;
 
-pub use load::{builtin_default, load_dir, LoadError, LoadErrors};
+pub use load::{builtin_default, load_dir, load_dir_or_default, LoadError, LoadErrors};
 pub use spec::*;

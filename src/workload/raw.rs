@@ -378,6 +378,13 @@ raw_section!(RawPool {
     idle_timeout: Node = "idle_timeout",
     recycle: Node = "recycle",
     ready_timeout: Node = "ready_timeout",
+    autoscale: Section<RawAutoscale> = "autoscale",
+});
+
+raw_section!(RawAutoscale {
+    buffer: Node = "buffer",
+    window: Node = "window",
+    scale_down_delay: Node = "scale_down_delay",
 });
 
 raw_section!(RawSync {

@@ -48,7 +48,7 @@ impl std::fmt::Display for WorkloadId {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
     pub id: WorkloadId,
@@ -83,7 +83,7 @@ impl Workload {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Volumes {
     pub state: VolumeMount,
@@ -92,7 +92,7 @@ pub struct Volumes {
     pub comm: VolumeMount,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeMount {
     /// Absolute path inside the container.
@@ -100,7 +100,7 @@ pub struct VolumeMount {
     pub read_only: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Healthcheck {
     pub test: HealthTest,
@@ -281,7 +281,7 @@ impl UserSpec {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
     /// None = `BOILERHOUSE_POOL_SIZE`.
@@ -296,6 +296,53 @@ pub struct PoolSpec {
     /// None = derived from the healthcheck (see docs/workloads.md).
     #[serde(with = "humantime_serde")]
     pub ready_timeout: Option<Duration>,
+    /// `pool.autoscale`: the idle target follows recent demand. None = fixed `min_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
+}
+
+/// `pool.autoscale`: keep `buffer` idle ready containers beyond the claims that
+/// arrived in the last `window`, and lower that target only once it has been
+/// lower for `scale_down_delay` (see docs/workloads.md).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleSpec {
+    pub buffer: Buffer,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub scale_down_delay: Duration,
+}
+
+impl AutoscaleSpec {
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+    pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(60);
+}
+
+/// The spare idle containers: a count, or a share of the claimed count (rounded up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Buffer {
+    Count(usize),
+    Percent(u32),
+}
+
+impl Buffer {
+    /// The spare containers for `claimed` claims.
+    pub fn of(self, claimed: usize) -> usize {
+        match self {
+            Buffer::Count(n) => n,
+            Buffer::Percent(p) => (claimed * p as usize).div_ceil(100),
+        }
+    }
+}
+
+impl Serialize for Buffer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Buffer::Count(n) => s.serialize_u64(*n as u64),
+            Buffer::Percent(p) => s.serialize_str(&format!("{p}%")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -310,7 +357,7 @@ pub enum Recycle {
     Reuse,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncSpec {
     pub sink: SinkSpec,
@@ -318,7 +365,7 @@ pub struct SyncSpec {
     pub policy: SyncPolicy,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SinkSpec {
     /// Backend type; `s3` is the one implemented.
@@ -372,7 +419,7 @@ pub enum SyncMode {
     Copy,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncPolicy {
     pub on_claim: bool,

@@ -619,3 +619,79 @@ fn parser_errors_name_their_line_once_and_no_library_options() {
         );
     }
 }
+
+#[test]
+fn autoscale_takes_a_count_or_a_share_with_defaults_for_its_timings() {
+    let w = ok("id: a\npool:\n  min_size: 1\n  autoscale:\n    buffer: 4\n");
+    let a = w.pool.autoscale.expect("autoscale");
+    assert_eq!(a.buffer, Buffer::Count(4));
+    assert_eq!(a.window, AutoscaleSpec::DEFAULT_WINDOW);
+    assert_eq!(a.scale_down_delay, AutoscaleSpec::DEFAULT_SCALE_DOWN_DELAY);
+
+    let w = ok(
+        "id: a\npool:\n  autoscale:\n    buffer: 20%\n    window: 30s\n    scale_down_delay: 0\n",
+    );
+    let a = w.pool.autoscale.expect("autoscale");
+    assert_eq!(a.buffer, Buffer::Percent(20));
+    assert_eq!(a.window, Duration::from_secs(30));
+    assert_eq!(a.scale_down_delay, Duration::ZERO);
+    assert_eq!(a.buffer.of(0), 0);
+    assert_eq!(a.buffer.of(6), 2, "20% of 6 rounds up");
+    assert!(ok("id: a\n").pool.autoscale.is_none());
+}
+
+#[test]
+fn autoscale_errors_name_the_key_and_line() {
+    for (text, key, line, needle) in [
+        (
+            "id: a\npool:\n  autoscale:\n    buffer: lots\n",
+            "pool.autoscale.buffer",
+            4,
+            "count of containers",
+        ),
+        (
+            "id: a\npool:\n  autoscale:\n    buffer: 0%\n",
+            "pool.autoscale.buffer",
+            4,
+            "from 1% to 1000%",
+        ),
+        (
+            "id: a\npool:\n  autoscale:\n    buffer: 2\n    window: 0s\n",
+            "pool.autoscale.window",
+            5,
+            "greater than zero",
+        ),
+        (
+            "id: a\npool:\n  autoscale:\n    buffer: 2\n    scale_down_dela: 1m\n",
+            "pool.autoscale.scale_down_dela",
+            5,
+            "did you mean `scale_down_delay`?",
+        ),
+        (
+            "id: a\npool:\n  autoscale:\n    window: 5s\n",
+            "pool.autoscale.buffer",
+            3,
+            "missing `buffer`",
+        ),
+        (
+            "id: a\npool:\n  autoscale: 4\n",
+            "pool.autoscale",
+            3,
+            "expected a mapping",
+        ),
+        (
+            "id: a\npool:\n  autoscal: {buffer: 1}\n",
+            "pool.autoscal",
+            3,
+            "did you mean `autoscale`?",
+        ),
+    ] {
+        let found = errs(text);
+        assert!(
+            found
+                .iter()
+                .any(|(k, l, m)| k == key && *l == Some(line) && m.contains(needle)),
+            "{text:?}: expected {key}:{line} {needle:?}, got {found:?}"
+        );
+    }
+}

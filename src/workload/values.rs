@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::spec::{PortSpec, Recycle, SyncDirection, SyncMode, UserSpec};
+use super::spec::{Buffer, PortSpec, Recycle, SyncDirection, SyncMode, UserSpec};
 
 pub(super) const RECYCLE: &[(&str, Recycle)] = &[
     ("destroy", Recycle::Destroy),
@@ -56,6 +56,22 @@ pub(super) fn parse_number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
 }
 
 /// Rejects zero, for settings where zero would be a surprising way to say "off".
+/// `pool.autoscale.buffer`: a count (`4`) or a share of the claimed count (`20%`).
+pub(super) fn parse_buffer(s: &str) -> Result<Buffer, String> {
+    let s = s.trim();
+    match s.strip_suffix('%') {
+        Some(p) => match p.trim().parse::<u32>() {
+            Ok(p) if (1..=1000).contains(&p) => Ok(Buffer::Percent(p)),
+            _ => Err(format!(
+                "invalid buffer {s:?}: a percentage must be a whole number from 1% to 1000%"
+            )),
+        },
+        None => s.parse().map(Buffer::Count).map_err(|_| {
+            format!("invalid buffer {s:?}: use a count of containers (`4`) or a share of the claimed count (`20%`)")
+        }),
+    }
+}
+
 pub(super) fn positive<T: PartialEq + Default>(value: T) -> Result<T, String> {
     match value == T::default() {
         true => Err("must be greater than zero (leave the key out for the default)".into()),

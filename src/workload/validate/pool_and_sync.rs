@@ -8,13 +8,7 @@ use crate::workload::values::*;
 
 impl Validator<'_> {
     pub(super) fn pool(&mut self, at: &At, v: &Section<RawPool>) -> PoolSpec {
-        let mut pool = PoolSpec {
-            min_size: None,
-            max_size: None,
-            idle_timeout: None,
-            recycle: Recycle::Destroy,
-            ready_timeout: None,
-        };
+        let mut pool = PoolSpec::default();
         let Some(raw) = self.section(at, v) else {
             return pool;
         };
@@ -27,11 +21,15 @@ impl Validator<'_> {
                 .unwrap_or_default();
         }
         pool.ready_timeout = self.opt(at, &raw.ready_timeout, |s| positive(parse_duration(s)?));
+        pool.autoscale = match &raw.autoscale {
+            Some(f) => self.autoscale(&at.of(f), &f.value.value),
+            None => None,
+        };
         self.unknown(
             at,
             &raw.unknown,
             &raw.bad_keys,
-            "min_size max_size idle_timeout recycle ready_timeout",
+            "min_size max_size idle_timeout recycle ready_timeout autoscale",
         );
         if let (Some(min), Some(max), Some(f)) = (pool.min_size, pool.max_size, &raw.min_size) {
             if min > max {
@@ -42,6 +40,32 @@ impl Validator<'_> {
             }
         }
         pool
+    }
+
+    fn autoscale(&mut self, at: &At, v: &Section<RawAutoscale>) -> Option<AutoscaleSpec> {
+        let raw = self.section(at, v)?;
+        let buffer = self.opt(at, &raw.buffer, parse_buffer);
+        let positive_duration = |s: &str| positive(parse_duration(s)?);
+        let window = self.opt(at, &raw.window, positive_duration);
+        // Zero is allowed: the target then falls as soon as demand does.
+        let delay = self.opt(at, &raw.scale_down_delay, parse_duration);
+        self.unknown(
+            at,
+            &raw.unknown,
+            &raw.bad_keys,
+            "buffer window scale_down_delay",
+        );
+        self.require(
+            at,
+            &raw.buffer,
+            "buffer",
+            "missing `buffer`: how many idle containers to keep beyond recent demand (`4`, or `20%` of the claimed count)",
+        );
+        Some(AutoscaleSpec {
+            buffer: buffer?,
+            window: window.unwrap_or(AutoscaleSpec::DEFAULT_WINDOW),
+            scale_down_delay: delay.unwrap_or(AutoscaleSpec::DEFAULT_SCALE_DOWN_DELAY),
+        })
     }
 
     pub(super) fn sync(&mut self, at: &At, v: &Section<RawSync>) -> Option<SyncSpec> {
