@@ -53,6 +53,8 @@ pub struct Config {
     /// How long a request (except the `/events` stream) may take; None = derived
     /// from the claim and sync timeouts (see [`Config::request_timeout`]).
     pub http_request_timeout_ms: Option<u64>,
+    /// Disk the local state cache (`DATA_DIR/state-cache`) may use, in MiB; 0 = off.
+    pub state_cache_mb: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +93,8 @@ impl Default for Config {
             http_idle_timeout_ms: 60_000,
             http_max_connections: 4096,
             http_request_timeout_ms: None,
+            // A returning tenant is the common case; 1 GiB keeps ~100 tenants of 10 MB.
+            state_cache_mb: 1024,
         }
     }
 }
@@ -326,6 +330,7 @@ const KNOWN: &[&str] = &[
     "http_idle_timeout_ms",
     "http_max_connections",
     "http_request_timeout_ms",
+    "state_cache_mb",
 ];
 
 /// Keys whose values are strings even when they look like numbers (a token `12345`).

@@ -392,6 +392,8 @@ async fn every_documented_operation_is_routed() {
         "SyncResponse",
         "ScaleBody",
         "StartingView",
+        "ClaimTimingsView",
+        "RestoreSource",
     ] {
         assert!(
             doc["components"]["schemas"].get(schema).is_some(),

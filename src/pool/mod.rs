@@ -37,7 +37,7 @@ pub use actor::spawn;
 pub use capacity::NodeCapacity;
 pub use containers::{endpoints, ContainerInfo, Endpoints};
 pub use error::PoolError;
-pub use handle::{Adopted, ClaimGrant, ClaimRequest, PoolHandle, Secrets};
+pub use handle::{Adopted, ClaimGrant, ClaimRequest, ClaimTimings, PoolHandle, Secrets};
 pub use views::{
     ClaimView, ContainerView, LastError, PoolView, ScaleOutcome, Snapshot, StartingView,
 };

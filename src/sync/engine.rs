@@ -13,17 +13,20 @@ use tokio::process::Command;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::cache::StateCache;
 use super::endpoint::*;
+use super::listing::{parse_lsjson, RemoteObject};
 use super::local::*;
 use super::rclone::*;
 use super::{SyncError, SyncOp, TransferResult, VersionError, VERSION_TIMEOUT};
-use crate::workload::spec::{SyncMapping, SyncMode, SyncSpec};
+use crate::workload::spec::{SinkSpec, SyncMapping, SyncMode, SyncSpec};
 
 /// Runs rclone for the whole daemon: at most `concurrency` processes at once, each
 /// bounded by `timeout`. Cheap to clone.
 #[derive(Clone)]
 pub struct SyncEngine {
     inner: Arc<EngineInner>,
+    cache: Option<Arc<StateCache>>,
 }
 
 struct EngineInner {
@@ -85,6 +88,70 @@ impl SyncEngine {
                 permits: Semaphore::new(concurrency.max(1)),
                 timeout,
             }),
+            cache: None,
+        }
+    }
+
+    /// The engine with a state cache: claims restore from it when the remote still
+    /// holds what it holds, releases fill it (see [`super::cache`]).
+    pub fn with_state_cache(mut self, cache: Arc<StateCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn state_cache(&self) -> Option<&Arc<StateCache>> {
+        self.cache.as_ref()
+    }
+
+    /// `rclone lsjson -R --files-only --hash` of one mapping's remote: the state
+    /// cache's check for sinks its resident client cannot list. Bounded by the
+    /// node-wide cap like a transfer, and by the sync timeout.
+    pub(super) async fn lsjson(
+        &self,
+        sink: &SinkSpec,
+        tenant: &str,
+        rel: &str,
+    ) -> Result<Vec<RemoteObject>, String> {
+        let remote = remote_path(sink, tenant, rel);
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| "the sync engine is shut down".to_owned())?;
+        let env = rclone_env(sink, std::env::vars_os());
+        let mut cmd = self.command(&env, None);
+        cmd.args(["lsjson", remote.as_str(), "-R", "--files-only", "--hash"])
+            .args(["--hash-type", "md5"])
+            .args(BASE_FLAGS)
+            .args(&sink.rclone_flags)
+            .stdout(Stdio::piped());
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start rclone ({}): {e}",
+                self.inner.rclone_bin.display()
+            )
+        })?;
+        let out = tokio::time::timeout(self.inner.timeout, child.wait_with_output())
+            .await
+            .map_err(|_| format!("rclone lsjson {remote} timed out"))?
+            .map_err(|e| format!("waiting for rclone lsjson failed: {e}"))?;
+        match out.status.code() {
+            Some(0) => parse_lsjson(&String::from_utf8_lossy(&out.stdout)),
+            // Nothing under the prefix yet.
+            Some(EXIT_DIR_NOT_FOUND) => Ok(Vec::new()),
+            _ => {
+                let mut log = RcloneLog::default();
+                let secrets = secret_values(sink);
+                for line in String::from_utf8_lossy(&out.stderr).lines() {
+                    log.push(line, &secrets);
+                }
+                Err(format!(
+                    "rclone lsjson {remote} {}: {}",
+                    describe_status(out.status),
+                    summarize(&log.errors)
+                ))
+            }
         }
     }
 

@@ -27,8 +27,10 @@
 //!   `-L`; `--skip-links` only silences the notice), and a mapping whose own path goes
 //!   through a symlink is refused.
 
+pub mod cache;
 mod endpoint;
 mod engine;
+mod listing;
 mod local;
 mod rclone;
 mod status;
@@ -41,7 +43,9 @@ use serde::Serialize;
 
 use crate::workload::spec::SyncDirection;
 
+pub use cache::{Copied, Miss, MissReason, RestoreSource, StateCache};
 pub use engine::SyncEngine;
+pub use listing::Lister;
 pub use local::run_as;
 pub use rclone::BASE_FLAGS;
 pub use status::{ClaimSync, SyncState, SyncStatus};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{SyncEngine, SyncError, SyncOp, TransferResult};
+use super::{Copied, RestoreSource, SyncEngine, SyncError, SyncOp, TransferResult};
 use crate::workload::spec::SyncSpec;
 
 /// Per-claim sync status, and the lock that makes a claim's transfers run one at a
@@ -42,6 +42,9 @@ pub struct SyncStatus {
     /// Totals over the claim's life (successful transfers).
     pub bytes_transferred: u64,
     pub files_transferred: u64,
+    /// Where the claim's state came from when it was made: `cache` (the local state
+    /// cache, checked against the remote), `s3`, or `none` (no restore).
+    pub last_restore: RestoreSource,
 }
 
 impl ClaimSync {
@@ -65,6 +68,18 @@ impl ClaimSync {
         let result = engine.run(spec, tenant_id, state_dir, op, owner).await;
         in_progress.finish(&result);
         result
+    }
+
+    /// Records a restore that did not go through [`ClaimSync::run`] (the cache), or
+    /// the source of one that did.
+    pub fn restored(&self, source: RestoreSource, copied: Option<Copied>) {
+        let mut status = lock(&self.inner.status);
+        status.last_restore = source;
+        if copied.is_some() {
+            status.state = SyncState::Idle;
+            status.last_sync_at = Some(Utc::now());
+            status.last_error = None;
+        }
     }
 
     pub fn status(&self) -> SyncStatus {
