@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use boilerhouse_testkit::hold::{HoldProxy, Stage};
 use boilerhouse_testkit::s3::S3Server;
 use boilerhouse_testkit::*;
 use serde_json::{json, Value};
@@ -15,11 +18,15 @@ const BUCKET: &str = "bh";
 const POOL: &str = "app";
 
 fn cached_workload(s3: &S3Server) -> String {
+    workload_via(s3, &s3.endpoint())
+}
+
+fn workload_via(s3: &S3Server, endpoint: &str) -> String {
     workload(
         POOL,
         &format!(
             "pool:\n  min_size: 1\n  max_size: 3\nsync:\n  sink:\n    type: s3\n    bucket: {BUCKET}\n    region: us-east-1\n    endpoint: {}\n    access_key_id: {}\n    secret_access_key: {}\n    prefix: tenants/${{tenantId}}/\n  mappings:\n    - path: /\n      direction: bidirectional\n      mode: sync\n",
-            s3.endpoint(),
+            endpoint,
             s3.access_key(),
             s3.secret_key()
         ),
@@ -299,4 +306,83 @@ async fn a_disabled_cache_always_downloads() {
     let (name, _) = claim_from(&d, "off", "s3").await;
     assert_eq!(read_inside(&name, "cat /state/f"), "x");
     assert!(metrics(&d).await.contains("reason=\"disabled\""));
+}
+
+/// The cache's own listing (ListObjectsV2; rclone lists with V1 against this sink).
+const CACHE_LISTING: &str = "list-type=2";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Sends a claim or release from a task of its own, so the daemon can be killed
+/// while it is in flight.
+fn in_flight(d: &Daemon, path: &str) -> tokio::task::JoinHandle<Result<u16, String>> {
+    let url = d.url(path);
+    tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .json(&json!({}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(resp.status().as_u16())
+    })
+}
+
+async fn held_rig() -> (S3Server, HoldProxy, Daemon) {
+    let s3 = S3Server::start_new().await;
+    std::fs::create_dir_all(s3.root_dir().join(BUCKET)).unwrap();
+    let proxy = HoldProxy::start(&s3.endpoint());
+    let d = Daemon::builder(BIN)
+        .workload("app.yaml", &workload_via(&s3, &proxy.endpoint()))
+        .start()
+        .await;
+    d.wait_idle(POOL, 1).await;
+    (s3, proxy, d)
+}
+
+/// Killed after the release's upload, while the cache lists the remote for its
+/// manifest (the container paused, the claim not yet forgotten): after the restart
+/// the claim is intact, and its next release fills the cache.
+#[tokio::test]
+async fn kill_9_between_the_upload_and_the_cache_fill() {
+    let (_s3, proxy, mut d) = held_rig().await;
+    let (name, v) = claim_from(&d, "fill", "s3").await;
+    write_inside(&name, "echo kept > /state/f");
+    proxy.hold_next("GET", Some(CACHE_LISTING), Stage::Request);
+    let release = in_flight(&d, "/tenants/fill/release");
+    proxy.wait_held(WAIT).await;
+    d.kill9();
+    assert_ne!(release.await.unwrap(), Ok(200));
+    proxy.release();
+    d.start_again().await;
+    let st = status(&d, "fill").await;
+    assert_eq!(
+        st["containerId"], v["containerId"],
+        "the claim survived: {st}"
+    );
+    d.release("fill", json!({})).await;
+    d.wait_idle(POOL, 1).await;
+    let (name, _) = claim_from(&d, "fill", "cache").await;
+    assert_eq!(read_inside(&name, "cat /state/f"), "kept");
+}
+
+/// Killed while a claim checks its entry; the remote changes before the restart:
+/// the claim after it downloads the change.
+#[tokio::test]
+async fn kill_9_during_the_check_then_a_remote_change_is_downloaded() {
+    let (s3, proxy, mut d) = held_rig().await;
+    let (name, _) = claim_from(&d, "chk", "s3").await;
+    write_inside(&name, "echo old > /state/f");
+    d.release("chk", json!({})).await;
+    d.wait_idle(POOL, 1).await;
+    proxy.hold_next("GET", Some(CACHE_LISTING), Stage::Request);
+    let claim = in_flight(&d, "/tenants/chk/claim");
+    proxy.wait_held(WAIT).await;
+    d.kill9();
+    assert_ne!(claim.await.unwrap(), Ok(200));
+    proxy.release();
+    std::fs::write(remote(&s3, "chk", "f"), "new\n").unwrap();
+    d.start_again().await;
+    d.wait_idle(POOL, 1).await;
+    let (name, _) = claim_from(&d, "chk", "s3").await;
+    assert_eq!(read_inside(&name, "cat /state/f"), "new");
 }
