@@ -24,6 +24,12 @@
 //!   `POST /tenants/<t>/release` (pause + upload + bookkeeping), and plain
 //!   `rclone sync` onto `mirror/<tenant>/…` with default flags and with the engine's.
 //!
+//! - the tenant comes back: a timed claim that must be served from the state cache
+//!   (`timings.restoreSource == "cache"`, every changed file in the state dir), a
+//!   release without upload; then one object is overwritten in the bucket (same size)
+//!   and a timed claim must download; a release without upload. Plain `rclone copy`
+//!   with the engine's previous flags (`PREVIOUS_FLAGS`) runs after the restores.
+//!
 //! The S3 server's log names the object of every PUT it failed; those are counted per
 //! upload (the fixture's server fails some overwrites with HTTP 500, and a retry pass
 //! costs time).
