@@ -24,6 +24,12 @@
 //!   `POST /tenants/<t>/release` (pause + upload + bookkeeping), and plain
 //!   `rclone sync` onto `mirror/<tenant>/…` with default flags and with the engine's.
 //!
+//! - the tenant comes back: a timed claim that must be served from the state cache
+//!   (`timings.restoreSource == "cache"`, every changed file in the state dir), a
+//!   release without upload; then one object is overwritten in the bucket (same size)
+//!   and a timed claim must download; a release without upload. Plain `rclone copy`
+//!   with the engine's previous flags (`PREVIOUS_FLAGS`) runs after the restores.
+//!
 //! The S3 server's log names the object of every PUT it failed; those are counted per
 //! upload (the fixture's server fails some overwrites with HTTP 500, and a retry pass
 //! costs time).
@@ -90,7 +96,40 @@ struct Sample {
     up_engine: Option<Duration>,
     sync_default: Option<Duration>,
     sync_engine: Option<Duration>,
+    /// The tenant's next claim, served from the state cache.
+    returning: Option<Duration>,
+    /// A claim after another writer changed one object: a download.
+    after_change: Option<Duration>,
+    /// Plain `rclone copy` with the engine's flags before issue 14's change.
+    dl_previous: Option<Duration>,
 }
+
+/// The engine's transfer flags before issue 14 (the rest of `BASE_FLAGS` is the
+/// same), so the flag change is measured against plain rclone in the same run.
+const PREVIOUS_FLAGS: &[&str] = &[
+    "--use-json-log",
+    "--log-level",
+    "NOTICE",
+    "--stats",
+    "1h",
+    "--stats-log-level",
+    "NOTICE",
+    "--checksum",
+    "--fast-list",
+    "--transfers",
+    "16",
+    "--checkers",
+    "16",
+    "--retries",
+    "3",
+    "--retries-sleep",
+    "1s",
+    "--low-level-retries",
+    "10",
+    "--contimeout",
+    "10s",
+    "--skip-links",
+];
 
 async fn run() -> BenchResult<()> {
     let started = Instant::now();
@@ -395,6 +434,23 @@ async fn one_sample(
             .await?;
         *slot = elapsed;
     }
+    // The engine's previous flags, on the same pristine data.
+    let dl_previous = user_dir(work, "previous")?;
+    let previous: Vec<String> = PREVIOUS_FLAGS.iter().map(|f| f.to_string()).collect();
+    let what = format!("plain rclone copy of {tenant} into an empty dir (previous engine flags)");
+    let args = copy(&remote, &dl_previous);
+    let rclone = bench.rclone;
+    let (elapsed, ()) = bench
+        .timed(&what, || async {
+            if count_files(&dl_previous).0 > 0 {
+                std::fs::remove_dir_all(&dl_previous)?;
+                user_dir(work, "previous")?;
+            }
+            let d = rclone.time(&args, &previous, &[0]).await?;
+            expect_files(&dl_previous, FILE_SIZE, &what).map(|()| (d, ()))
+        })
+        .await?;
+    s.dl_previous = elapsed;
     change_every_file(&container, tenant)?;
 
     // Uploads of the same files to a new prefix (what the product owner's target is
@@ -452,7 +508,76 @@ async fn one_sample(
             _ => s.sync_engine = elapsed,
         }
     }
+
+    // The tenant comes back: its state is in the cache and the remote unchanged.
+    daemon.wait_settled(0).await?;
+    (s.returning, ()) = bench
+        .timed(&format!("returning claim of {tenant}"), || async {
+            let (d, _) = claim_with(daemon, tenant, FILE_SIZE + 3, "cache").await?;
+            Ok((d, ()))
+        })
+        .await?;
+    daemon.wait_settled(1).await?;
+    release_without_upload(daemon, tenant).await?;
+    daemon.wait_settled(0).await?;
+    // Another writer changes one object (same size): the next claim must download.
+    let object = files_under(&s3.root_dir().join(BUCKET).join("tenants").join(tenant))
+        .into_iter()
+        .next()
+        .ok_or("the tenant has no objects")?;
+    std::fs::write(&object, vec![b'z'; FILE_SIZE + 3])?;
+    (s.after_change, ()) = bench
+        .timed(
+            &format!("claim of {tenant} after a remote change"),
+            || async {
+                let (d, _) = claim_with(daemon, tenant, FILE_SIZE + 3, "s3").await?;
+                Ok((d, ()))
+            },
+        )
+        .await?;
+    daemon.wait_settled(1).await?;
+    release_without_upload(daemon, tenant).await?;
+    daemon.wait_settled(0).await?;
     Ok(s)
+}
+
+/// A timed claim that must restore from `source` (`cache` or `s3`) files of `size`.
+async fn claim_with(
+    daemon: &SyncDaemon,
+    tenant: &str,
+    size: usize,
+    source: &str,
+) -> BenchResult<(Duration, String)> {
+    let (elapsed, body) = daemon
+        .post(
+            &format!("/tenants/{tenant}/claim"),
+            json!({ "poolId": POOL }),
+        )
+        .await?;
+    if body["timings"]["restoreSource"] != source {
+        return Err(format!("claim of {tenant} did not restore from {source}: {body}").into());
+    }
+    let container_id = body["containerId"]
+        .as_str()
+        .ok_or_else(|| format!("claim of {tenant}: no containerId in {body}"))?;
+    let state = daemon.daemon.state_dir(container_id);
+    expect_files(&state, size, &format!("claim of {tenant} from {source}"))?;
+    Ok((elapsed, container_id.to_owned()))
+}
+
+/// Gives the container back without saving (the remote, and the cache, stay as
+/// they are). Not timed.
+async fn release_without_upload(daemon: &SyncDaemon, tenant: &str) -> BenchResult<()> {
+    let (_, body) = daemon
+        .post(
+            &format!("/tenants/{tenant}/release"),
+            json!({ "sync": false }),
+        )
+        .await?;
+    if body["success"] != true {
+        return Err(format!("release of {tenant}: {body}").into());
+    }
+    Ok(())
 }
 
 /// Claims (timed) and checks that every file arrived; returns the container's name.
@@ -711,7 +836,9 @@ impl SyncDaemon {
             let entry = out.entry(tenant.to_owned()).or_default();
             let d = Some(Duration::from_millis(ms));
             match op {
-                "download" => entry.download = d,
+                // The sample's first claim; a later one (after a remote change) is
+                // measured as a whole.
+                "download" if entry.download.is_none() => entry.download = d,
                 "upload" => entry.upload = d,
                 _ => {}
             }
@@ -1035,6 +1162,24 @@ fn report(
             reference: None,
         },
         Row {
+            key: "returning",
+            label: "**returning tenant's claim** (state cache hit; HTTP round trip)",
+            series: col(|s| s.returning),
+            reference: Some(("plain_download", "plain copy")),
+        },
+        Row {
+            key: "after_change",
+            label: "claim after another writer changed one object (cache miss → download)",
+            series: col(|s| s.after_change),
+            reference: Some(("plain_download", "plain copy")),
+        },
+        Row {
+            key: "previous_download",
+            label: "plain `rclone copy` remote → empty dir, previous engine flags",
+            series: col(|s| s.dl_previous),
+            reference: Some(("plain_download", "default flags")),
+        },
+        Row {
             key: "release",
             label: "**release** with upload (HTTP round trip)",
             series: col(|s| s.release),
@@ -1259,6 +1404,44 @@ fn report(
                 "{what}: {r50:.2}× at p50, {r90:.2}× at p90, {rp:.2}× paired per sample"
             ));
         }
+    }
+    // Issue 14's goals: a returning tenant at p50 <= 50 ms and >= 30x faster than a
+    // claim that downloads; a first restore <= 0.7x of the previous flags'.
+    if let (Some(ret), Some(claim)) = (summaries.get("returning"), summaries.get("claim")) {
+        let speedup = claim.p50.as_secs_f64() / ret.p50.as_secs_f64().max(1e-9);
+        let met = ret.p50 <= Duration::from_millis(50) && speedup >= 30.0;
+        findings.push(format!(
+            "returning tenant (cache hit): p50 {}, p90 {}, {speedup:.0}× faster than a \
+             claim that downloads (goal ≤ 50 ms and ≥ 30×): **{}**",
+            fmt_ms(ret.p50),
+            fmt_ms(ret.p90),
+            if met { "met" } else { "missed" }
+        ));
+        targets.push(json!({
+            "name": "returning tenant's claim (cache hit)",
+            "goal": "<= 50 ms at p50 and >= 30x faster than a downloading claim",
+            "measured_p50_ms": ms(ret.p50),
+            "speedup": round3(speedup),
+            "met": met,
+        }));
+    }
+    if let (Some(r), Some(rp)) = (
+        ratio("engine_download", "previous_download", |s| s.p50),
+        paired("engine_download", "previous_download"),
+    ) {
+        let met = r <= 0.7;
+        findings.push(format!(
+            "first restore with the engine's flags vs the previous flags (plain rclone, \
+             same run): {r:.2}× at p50, {rp:.2}× paired (goal ≤ 0.7×): **{}**",
+            if met { "met" } else { "missed" }
+        ));
+        targets.push(json!({
+            "name": "first restore, engine flags vs previous flags",
+            "goal": "<= 0.7x at p50",
+            "measured": round3(r),
+            "measured_paired": round3(rp),
+            "met": met,
+        }));
     }
     let total_errors: u64 = ERROR_KINDS
         .iter()

@@ -69,6 +69,8 @@ pub struct Config {
     /// are reloaded (an editor's save is several events); 0 = no watch (SIGHUP and
     /// `POST /workloads/reload` still reload).
     pub workloads_debounce_ms: u64,
+    /// Disk the local state cache (`DATA_DIR/state-cache`) may use, in MiB; 0 = off.
+    pub state_cache_mb: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +115,8 @@ impl Default for Config {
             advertise_url: None,
             cluster_lease_ttl_ms: 10_000,
             workloads_debounce_ms: 500,
+            // A returning tenant is the common case; 1 GiB keeps ~100 tenants of 10 MB.
+            state_cache_mb: 1024,
         }
     }
 }
@@ -357,6 +361,7 @@ const KNOWN: &[&str] = &[
     "advertise_url",
     "cluster_lease_ttl_ms",
     "workloads_debounce_ms",
+    "state_cache_mb",
 ];
 
 /// Keys whose values are strings even when they look like numbers (a token `12345`).

@@ -226,12 +226,19 @@ impl ContainerManager {
         }
         let ledger = Ledger::open(&config.data_dir)
             .map_err(|e| StartError::Ledger(config.data_dir.display().to_string(), e))?;
+        let cache_dir = config.data_dir.join("state-cache");
+        let state_cache = crate::sync::StateCache::open(
+            cache_dir.clone(),
+            config.state_cache_mb.saturating_mul(1024 * 1024),
+        )
+        .map_err(|e| StartError::Dir(cache_dir.display().to_string(), e))?;
         let ctx = Arc::new(PoolContext {
             sync: SyncEngine::new(
                 config.rclone_bin.clone(),
                 config.sync_concurrency,
                 config.sync_timeout(),
-            ),
+            )
+            .with_state_cache(Arc::new(state_cache)),
             capacity: pool::NodeCapacity::new(config.max_containers),
             config: config.clone(),
             runtime: runtime.clone(),

@@ -173,3 +173,31 @@ pub fn rollout_completed(pool: &str, took: Duration) {
     metrics::histogram!("boilerhouse_pool_rollout_duration_seconds", "pool" => pool.to_owned())
         .record(took.as_secs_f64());
 }
+
+/// A claim restored from the local state cache instead of S3.
+pub fn state_cache_hit(pool: &str, bytes: u64) {
+    metrics::counter!("boilerhouse_state_cache_hits_total", "pool" => pool.to_owned()).increment(1);
+    metrics::counter!("boilerhouse_state_cache_hit_bytes_total", "pool" => pool.to_owned())
+        .increment(bytes);
+}
+
+/// A claim that could not restore from the cache, by reason (`absent`, `evicted`,
+/// `remote_changed`, `check_failed`, `disabled`, …).
+pub fn state_cache_miss(pool: &str, reason: &'static str) {
+    metrics::counter!("boilerhouse_state_cache_misses_total", "pool" => pool.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// A release stored (`ok`) or could not store its tenant's state in the cache.
+pub fn state_cache_fill(pool: &str, ok: bool, bytes: u64) {
+    let result = if ok { "ok" } else { "skipped" };
+    metrics::counter!("boilerhouse_state_cache_fills_total", "pool" => pool.to_owned(), "result" => result)
+        .increment(1);
+    metrics::counter!("boilerhouse_state_cache_fill_bytes_total", "pool" => pool.to_owned())
+        .increment(bytes);
+}
+
+/// Bytes the state cache holds.
+pub fn state_cache_size(bytes: u64) {
+    metrics::gauge!("boilerhouse_state_cache_bytes").set(bytes as f64);
+}

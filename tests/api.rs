@@ -412,6 +412,8 @@ async fn every_documented_operation_is_routed() {
         "AutoscaleView",
         "RolloutView",
         "TargetReason",
+        "ClaimTimingsView",
+        "RestoreSource",
     ] {
         assert!(
             doc["components"]["schemas"].get(schema).is_some(),

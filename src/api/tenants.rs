@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,8 +13,8 @@ use super::body::{JsonBody, PathParam};
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::fsutil::validate_secret_name;
-use crate::pool::{endpoints, ClaimRequest, ClaimView, Endpoints, PoolError};
-use crate::sync::{SyncOp, SyncStatus, TransferResult};
+use crate::pool::{endpoints, ClaimRequest, ClaimTimings, ClaimView, Endpoints, PoolError};
+use crate::sync::{RestoreSource, SyncOp, SyncStatus, TransferResult};
 use crate::tenant::TenantId;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -111,14 +112,66 @@ pub struct ClaimResponse {
     pub reused: bool,
     #[schema(value_type = Option<Object>)]
     pub sync_status: Option<SyncStatus>,
+    pub timings: ClaimTimingsView,
 }
 
-#[utoipa::path(post, path = "/tenants/{id}/claim", tag = "tenants", params(("id" = String, Path, description = "Tenant id: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")), request_body(content = Option<ClaimBody>, content_type = "application/json"), responses((status = 200, description = "The tenant's container", body = ClaimResponse), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 502, description = "State sync failed", body = ErrorBody), (status = 503, description = "No container available", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
+/// Where a claim's time went, in milliseconds (also sent as `Server-Timing`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimTimingsView {
+    /// Queued at capacity for another tenant's container to come free.
+    pub queue_wait_ms: f64,
+    /// Waited for a new container to start; null when an idle one was taken.
+    pub cold_start_ms: Option<f64>,
+    /// Writing the claim's secrets.
+    pub secrets_ms: f64,
+    pub restore_ms: f64,
+    /// Where the state came from: `cache`, `s3` or `none`.
+    pub restore_source: RestoreSource,
+    /// Recording the claim durably.
+    pub ledger_ms: f64,
+    /// From the request's arrival at the handler to the answer.
+    pub total_ms: f64,
+}
+
+impl ClaimTimingsView {
+    fn new(t: &ClaimTimings, total: Duration) -> Self {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        Self {
+            queue_wait_ms: ms(t.queue_wait),
+            cold_start_ms: t.cold_start.map(ms),
+            secrets_ms: ms(t.secrets),
+            restore_ms: ms(t.restore),
+            restore_source: t.restore_source,
+            ledger_ms: ms(t.ledger),
+            total_ms: ms(total),
+        }
+    }
+
+    /// The W3C `Server-Timing` header: one metric per stage, `dur` in ms.
+    fn server_timing(&self) -> String {
+        let mut parts = vec![format!("queue;dur={:.3}", self.queue_wait_ms)];
+        if let Some(cold) = self.cold_start_ms {
+            parts.push(format!("cold;dur={cold:.3}"));
+        }
+        parts.push(format!("secrets;dur={:.3}", self.secrets_ms));
+        parts.push(format!(
+            "restore;dur={:.3};desc=\"{}\"",
+            self.restore_ms,
+            self.restore_source.as_str()
+        ));
+        parts.push(format!("ledger;dur={:.3}", self.ledger_ms));
+        parts.push(format!("total;dur={:.3}", self.total_ms));
+        parts.join(", ")
+    }
+}
+
+#[utoipa::path(post, path = "/tenants/{id}/claim", tag = "tenants", params(("id" = String, Path, description = "Tenant id: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")), request_body(content = Option<ClaimBody>, content_type = "application/json"), responses((status = 200, description = "The tenant's container", body = ClaimResponse, headers(("Server-Timing" = String, description = "The stages of `timings`: queue, cold (if any), secrets, restore (desc = its source), ledger, total"))), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 502, description = "State sync failed", body = ErrorBody), (status = 503, description = "No container available", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
 pub async fn claim(
     State(state): State<AppState>,
     PathParam(id): PathParam,
     JsonBody(body): JsonBody<ClaimBody>,
-) -> Result<Json<ClaimResponse>, ApiError> {
+) -> Result<(HeaderMap, Json<ClaimResponse>), ApiError> {
     let tenant = tenant_id(&id)?;
     let pool = state.resolve_pool(body.pool_id.as_deref())?;
     if let Some(secrets) = &body.secrets {
@@ -155,7 +208,12 @@ pub async fn claim(
     };
     crate::metrics::claim(pool.id(), outcome, started.elapsed());
     let grant = result.map_err(ApiError::from)?;
-    Ok(Json(ClaimResponse {
+    let timings = ClaimTimingsView::new(&grant.timings, started.elapsed());
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&timings.server_timing()) {
+        headers.insert("server-timing", value);
+    }
+    let response = Json(ClaimResponse {
         tenant_id: tenant.to_string(),
         pool_id: pool.id().to_owned(),
         endpoints: endpoints(&grant.container),
@@ -164,7 +222,9 @@ pub async fn claim(
         claimed_at: grant.claimed_at,
         reused: grant.reused,
         sync_status: grant.sync_status,
-    }))
+        timings,
+    });
+    Ok((headers, response))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::actor::Pool;
 use super::containers::Status;
 use super::error::PoolError;
-use super::handle::{ClaimGrant, ClaimRequest, Msg, Reply, Secrets};
+use super::handle::{ClaimGrant, ClaimRequest, ClaimTimings, Msg, Reply, Secrets};
 use super::tasks;
 use crate::activity::Event;
 use crate::backoff::Backoff;
@@ -65,6 +65,7 @@ pub(super) struct Claim {
     pub(super) checking_activity: bool,
     pub(super) auto_retry_at: Option<Instant>,
     pub(super) auto_backoff: Backoff,
+    pub(super) timings: ClaimTimings,
 }
 
 impl Claim {
@@ -85,6 +86,7 @@ impl Claim {
             checking_activity: false,
             auto_retry_at: None,
             auto_backoff: AUTO_RELEASE_BACKOFF,
+            timings: ClaimTimings::default(),
         }
     }
 
@@ -238,7 +240,15 @@ impl Pool {
         }
         self.demand.claim_arrived(!self.idle.is_empty());
         if let Some(container_id) = self.idle.pop_front() {
-            self.start_provisioning(req.tenant, container_id, vec![asker], req.metadata, false);
+            let (tenant, timings) = (req.tenant, ClaimTimings::default());
+            self.start_provisioning(
+                tenant,
+                container_id,
+                vec![asker],
+                req.metadata,
+                false,
+                timings,
+            );
             self.refill();
             return;
         }
@@ -347,7 +357,8 @@ impl Pool {
                 continue;
             }
             if let Some(container_id) = self.idle.pop_front() {
-                self.start_provisioning(tenant, container_id, w.replies, w.metadata, true);
+                let timings = ClaimTimings::after_wait(w.waited(), w.queued_at_capacity);
+                self.start_provisioning(tenant, container_id, w.replies, w.metadata, true, timings);
             }
         }
     }
@@ -363,12 +374,14 @@ impl Pool {
         mut waiters: Vec<Asker>,
         metadata: Option<serde_json::Value>,
         cold: bool,
+        timings: ClaimTimings,
     ) {
         let pool_id = self.id().to_owned();
         let Some(entry) = self.containers.get_mut(&container_id) else {
             return;
         };
         let mut claim = Claim::new(tenant.clone(), ClaimState::Provisioning, cold);
+        claim.timings = timings;
         entry.status = Status::Claimed;
         entry.last_activity_at = claim.claimed_at;
         // The first caller's secrets are part of making the claim; later callers'
@@ -414,21 +427,31 @@ impl Pool {
             reused,
             sync_status: self.workload.sync.as_ref().map(|_| claim.sync.status()),
             owner: self.owner,
+            timings: if reused {
+                ClaimTimings::default()
+            } else {
+                claim.timings
+            },
         })
     }
 
-    pub(super) fn on_prepared(&mut self, tenant: TenantId, result: Result<(), PoolError>) {
+    pub(super) fn on_prepared(
+        &mut self,
+        tenant: TenantId,
+        result: Result<ClaimTimings, PoolError>,
+    ) {
         let Some(claim) = self.claim_mut(&tenant) else {
             return;
         };
         let waiters = std::mem::take(&mut claim.waiters);
         let container_id = self.tenants.get(&tenant).cloned().unwrap_or_default();
         match result {
-            Ok(()) => {
+            Ok(prepared) => {
                 let Some(claim) = self.claim_mut(&tenant) else {
                     return;
                 };
                 claim.state = ClaimState::Warm;
+                claim.timings = claim.timings.prepared(prepared);
                 // Inactivity counts from when the tenant could first use the container.
                 claim.last_activity = Utc::now();
                 let gate = claim.secrets.clone();

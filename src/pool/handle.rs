@@ -17,7 +17,7 @@ use super::views::{ScaleOutcome, Snapshot};
 use crate::fsutil::Owner;
 use crate::ledger::ClaimRecord;
 use crate::runtime::{ContainerReport, ProbeTimings, Readiness, RuntimeError, RuntimeEvent};
-use crate::sync::{SyncOp, SyncStatus, TransferResult};
+use crate::sync::{RestoreSource, SyncOp, SyncStatus, TransferResult};
 use crate::tenant::TenantId;
 use crate::workload::Workload;
 
@@ -43,6 +43,50 @@ pub struct ClaimGrant {
     pub reused: bool,
     pub sync_status: Option<SyncStatus>,
     pub owner: Owner,
+    /// Where the claim's time went (zero for a reused claim: nothing was done).
+    pub timings: ClaimTimings,
+}
+
+/// The stages of making a claim, as the claim's answer reports them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClaimTimings {
+    /// Queued at capacity, waiting for another tenant's container to come free.
+    pub queue_wait: Duration,
+    /// Waited for a new container to start (no idle one); None = took an idle one.
+    pub cold_start: Option<Duration>,
+    pub secrets: Duration,
+    pub restore: Duration,
+    pub restore_source: RestoreSource,
+    pub ledger: Duration,
+}
+
+impl ClaimTimings {
+    /// A claim that waited `waited` before it got a container: in the queue at
+    /// capacity, or for a cold start.
+    pub(super) fn after_wait(waited: Duration, at_capacity: bool) -> Self {
+        if at_capacity {
+            Self {
+                queue_wait: waited,
+                ..Self::default()
+            }
+        } else {
+            Self {
+                cold_start: Some(waited),
+                ..Self::default()
+            }
+        }
+    }
+
+    /// Adds what preparing the claim took to the wait before it.
+    pub(super) fn prepared(self, prepare: ClaimTimings) -> Self {
+        Self {
+            secrets: prepare.secrets,
+            restore: prepare.restore,
+            restore_source: prepare.restore_source,
+            ledger: prepare.ledger,
+            ..self
+        }
+    }
 }
 
 /// A container found on the engine at start-up, handed to its pool.
@@ -95,7 +139,7 @@ pub(super) enum Msg {
     },
     Prepared {
         tenant: TenantId,
-        result: Result<(), PoolError>,
+        result: Result<ClaimTimings, PoolError>,
     },
     Released {
         tenant: TenantId,

@@ -43,7 +43,7 @@ pub use autoscale::TargetReason;
 pub use capacity::NodeCapacity;
 pub use containers::{endpoints, ContainerInfo, Endpoints};
 pub use error::PoolError;
-pub use handle::{Adopted, ClaimGrant, ClaimRequest, PoolHandle, Secrets};
+pub use handle::{Adopted, ClaimGrant, ClaimRequest, ClaimTimings, PoolHandle, Secrets};
 pub use rollout::{retarget, Applied, PoolControl};
 pub use views::{
     AutoscaleView, ClaimView, ContainerView, LastError, PoolView, RolloutView, ScaleOutcome,

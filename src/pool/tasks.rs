@@ -14,14 +14,14 @@ use chrono::{DateTime, Utc};
 use super::claims::{Asker, SecretsGate};
 use super::containers::ContainerInfo;
 use super::error::PoolError;
-use super::handle::{ClaimGrant, Recycled, Secrets};
+use super::handle::{ClaimGrant, ClaimTimings, Recycled, Secrets};
 use super::readiness::{output_tail, FIRST_LOOK, LOG_LINES};
 use super::PoolContext;
 use crate::activity::Event;
 use crate::fsutil::{self, Owner};
 use crate::ledger::ClaimRecord;
 use crate::runtime::{ContainerSpec, Readiness, Runtime};
-use crate::sync::{ClaimSync, SyncError, SyncOp, TransferResult};
+use crate::sync::{run_as, ClaimSync, RestoreSource, SyncError, SyncOp, TransferResult};
 use crate::tenant::TenantId;
 use crate::workload::{Recycle, SyncSpec, Workload};
 
@@ -126,8 +126,9 @@ pub(super) async fn destroy_container(runtime: &dyn Runtime, info: &ContainerInf
     let _ = tokio::task::spawn_blocking(move || fsutil::remove_dirs(&dirs)).await;
 }
 
-/// Writes the first caller's secrets, restores state and records the claim durably,
-/// in that order, before anyone is answered. No Docker call.
+/// Writes the first caller's secrets, restores state (from the local state cache when
+/// the remote still holds what it holds, else from S3) and records the claim durably,
+/// in that order, before anyone is answered, timing each. No Docker call.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn prepare_claim(
     ctx: &PoolContext,
@@ -139,27 +140,75 @@ pub(super) async fn prepare_claim(
     secrets: Option<Secrets>,
     owner: Owner,
     record: &ClaimRecord,
-) -> Result<(), PoolError> {
+) -> Result<ClaimTimings, PoolError> {
+    let mut timings = ClaimTimings::default();
+    let started = Instant::now();
     if let Some(secrets) = secrets {
         gate.write(&info.dirs.secrets, secrets, owner).await?;
     }
+    timings.secrets = started.elapsed();
     if let Some(spec) = workload.sync.as_ref().filter(|s| s.policy.on_claim) {
+        let started = Instant::now();
         let (pool, dir) = (workload.id.as_str(), &info.dirs.state);
-        run_sync(ctx, sync, spec, pool, tenant, dir, SyncOp::Download, owner)
+        timings.restore_source = restore(ctx, sync, spec, pool, tenant, dir, owner)
             .await
             .map_err(|e| {
                 PoolError::SyncFailed(format!(
                     "restoring tenant {tenant}'s state failed, so the claim was not made: {e}"
                 ))
             })?;
+        timings.restore = started.elapsed();
     }
+    let started = Instant::now();
     ctx.ledger.put(record).await.map_err(|e| {
         PoolError::Ledger(format!(
             "the claim was not made: its record cannot be written to the claim ledger in {} \
              (BOILERHOUSE_DATA_DIR): {e}",
             ctx.config.data_dir.display()
         ))
-    })
+    })?;
+    timings.ledger = started.elapsed();
+    Ok(timings)
+}
+
+/// Restores a claim's state: from the state cache if its entry still equals the
+/// remote (see `crate::sync::cache`), else by a download as without a cache.
+async fn restore(
+    ctx: &PoolContext,
+    sync: &ClaimSync,
+    spec: &SyncSpec,
+    pool: &str,
+    tenant: &TenantId,
+    dir: &Path,
+    owner: Owner,
+) -> Result<RestoreSource, SyncError> {
+    if let Some(cache) = ctx.sync.state_cache() {
+        let restored = cache
+            .restore(&ctx.sync, spec, pool, tenant.as_str(), dir, run_as(owner))
+            .await;
+        match restored {
+            Ok(copied) => {
+                crate::metrics::state_cache_hit(pool, copied.bytes);
+                sync.restored(RestoreSource::Cache, Some(copied));
+                ctx.activity.record(
+                    Event::new("sync.completed", pool)
+                        .tenant(tenant.as_str())
+                        .message(format!(
+                            "download from the state cache ({} files, {} bytes)",
+                            copied.files, copied.bytes
+                        )),
+                );
+                return Ok(RestoreSource::Cache);
+            }
+            Err(miss) => {
+                crate::metrics::state_cache_miss(pool, miss.reason.as_str());
+                tracing::debug!(pool, tenant = %tenant, reason = miss.reason.as_str(), detail = %miss.detail, "state cache miss: downloading");
+            }
+        }
+    }
+    run_sync(ctx, sync, spec, pool, tenant, dir, SyncOp::Download, owner).await?;
+    sync.restored(RestoreSource::S3, None);
+    Ok(RestoreSource::S3)
 }
 
 /// Freeze, upload, forget, recycle — in that order, and nothing is wiped unless the
@@ -183,6 +232,7 @@ pub(super) async fn release_claim(
     // A dead container cannot be paused; its files are still a consistent snapshot.
     let freeze = uploads || workload.pool.recycle != Recycle::Destroy;
     let paused = freeze && runtime.pause(&docker_id).await.is_ok();
+    let mut uploaded = None;
     if let Some(spec) = workload
         .sync
         .as_ref()
@@ -197,6 +247,17 @@ pub(super) async fn release_claim(
                 "saving tenant {tenant}'s state failed, so the release was not done and the claim is intact: {e}"
             )));
         }
+        // What the remote holds now, for the state cache's manifest. Only a paused
+        // container's files can be compared with it (a running one may change).
+        if let Some(cache) = ctx.sync.state_cache().filter(|c| c.enabled() && paused) {
+            match cache.listing(&ctx.sync, spec, tenant.as_str()).await {
+                Ok(listing) => uploaded = Some((cache.clone(), spec, listing)),
+                Err(e) => {
+                    crate::metrics::state_cache_fill(pool, false, 0);
+                    tracing::debug!(pool, tenant = %tenant, error = %e, "not cached: the remote cannot be listed");
+                }
+            }
+        }
     }
     // Forget the claim durably before wiping: a crash from here on can only leave an
     // unclaimed container, never a claim whose state was wiped.
@@ -206,6 +267,21 @@ pub(super) async fn release_claim(
         .map_err(|e| PoolError::Internal(format!("cannot remove the claim record: {e}")))?;
     // No secrets write of this claim may land after the wipe.
     secrets.close().await;
+    // Still paused, not yet wiped, and no longer claimed: a crash from here on loses
+    // nothing, and the files are the ones just uploaded.
+    if let Some((cache, spec, listing)) = uploaded {
+        let pool = workload.id.as_str();
+        match cache
+            .store(spec, pool, tenant.as_str(), &info.dirs.state, listing)
+            .await
+        {
+            Ok(copied) => crate::metrics::state_cache_fill(pool, true, copied.bytes),
+            Err(e) => {
+                crate::metrics::state_cache_fill(pool, false, 0);
+                tracing::debug!(pool, tenant = %tenant, error = %e, "not cached");
+            }
+        }
+    }
     match workload.pool.recycle {
         Recycle::Destroy => Ok(Recycled::Removing),
         Recycle::Reuse | Recycle::Restart => {
