@@ -46,6 +46,11 @@ impl App {
         let cluster = match crate::cluster::ClusterConfig::from_config(&config) {
             Ok(Some(c)) => {
                 let cluster = Arc::new(crate::cluster::Cluster::new(c, manager.clone()));
+                // A fenced node uploads nothing: its tenants may be someone else's now.
+                let member = Arc::downgrade(&cluster);
+                manager
+                    .fence()
+                    .install(move || member.upgrade().and_then(|c| c.fenced()));
                 cluster.start(&shutdown).await;
                 Some(cluster)
             }

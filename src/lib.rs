@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod cluster;
 pub mod config;
 pub mod edge;
+pub mod fence;
 pub mod fsutil;
 pub mod ledger;
 pub mod manager;

@@ -244,6 +244,7 @@ impl ContainerManager {
             runtime: runtime.clone(),
             ledger: ledger.clone(),
             activity,
+            fence: crate::fence::Fence::default(),
         });
         let workloads: BTreeMap<String, Arc<Workload>> = workloads
             .into_iter()
@@ -442,6 +443,11 @@ impl ContainerManager {
 
     pub fn config(&self) -> &Config {
         &self.ctx.config
+    }
+
+    /// What every pool asks before an upload (the cluster installs its check).
+    pub fn fence(&self) -> &crate::fence::Fence {
+        &self.ctx.fence
     }
 
     pub fn node_used(&self) -> usize {

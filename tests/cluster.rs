@@ -62,6 +62,12 @@ async fn cluster_with(with_s3: bool, token: Option<&str>, linked: bool) -> Nodes
         .as_ref()
         .map(sync_yaml)
         .unwrap_or_else(|| POOL.to_owned());
+    // The cut test also uploads every second while claimed (a fenced node must not).
+    let extra = if linked && with_s3 {
+        format!("{extra}  policy:\n    periodic: 1s\n")
+    } else {
+        extra
+    };
     let name = unique_instance();
     let starts = endpoints.iter().enumerate().map(|(i, endpoints)| {
         let port = free_port();
@@ -452,6 +458,29 @@ async fn a_node_cut_off_from_etcd_fences_itself_and_reconciles_when_healed() {
         },
     )
     .await;
+    // Fenced, it uploads nothing more: a write in its container now is never saved
+    // over what the next owner will restore. Its periodic upload says why it waits.
+    docker_exec_ok(&name, "1000", "echo stale-after-the-cut > /state/note");
+    poll(
+        Duration::from_secs(30),
+        "a periodic upload held by the fence",
+        || async {
+            let (_, act) = cut.get("/activity?limit=200").await;
+            act["events"]
+                .as_array()
+                .is_some_and(|events| {
+                    events.iter().any(|e| {
+                        e["type"] == "sync.failed"
+                            && e["tenantId"] == "ivy"
+                            && e["message"].as_str().is_some_and(|m| {
+                                m.contains("was not started") && m.contains("fenced")
+                            })
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await;
     // The others claim the tenant once its lease is gone.
     let survivor = &c.nodes[(h + 1) % 3];
     let (second, new_holder) = poll(Duration::from_secs(60), "ivy claimed elsewhere", || async {
@@ -486,7 +515,8 @@ async fn a_node_cut_off_from_etcd_fences_itself_and_reconciles_when_healed() {
         .path("data")
         .join("cluster-orphans")
         .join(format!("ivy.web.{cid}"));
-    assert_eq!(read(&kept.join("note")).trim(), "before-the-cut");
+    // What it could not upload is kept on disk for the operator.
+    assert_eq!(read(&kept.join("note")).trim(), "stale-after-the-cut");
     let (s, v, n) = poll(
         Duration::from_secs(30),
         "the healed node to serve again",

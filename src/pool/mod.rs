@@ -64,6 +64,8 @@ pub struct PoolContext {
     pub ledger: Ledger,
     pub capacity: NodeCapacity,
     pub activity: Arc<ActivityLog>,
+    /// Asked before every upload: a fenced cluster node uploads nothing.
+    pub fence: crate::fence::Fence,
 }
 
 #[cfg(test)]

@@ -346,9 +346,22 @@ pub(super) async fn run_sync(
             .message(direction),
     );
     let started = Instant::now();
-    let result = cell
-        .run(&ctx.sync, spec, tenant.as_str(), state_dir, op, owner)
-        .await;
+    // A fenced cluster node writes no tenant state: another node may own it now.
+    let held = match op {
+        SyncOp::Upload => ctx.fence.held(),
+        SyncOp::Download => None,
+    };
+    let result = match held {
+        Some(reason) => Err(SyncError::Held {
+            tenant: tenant.to_string(),
+            op,
+            reason,
+        }),
+        None => {
+            cell.run(&ctx.sync, spec, tenant.as_str(), state_dir, op, owner)
+                .await
+        }
+    };
     crate::metrics::sync(pool, direction, result.is_ok(), started.elapsed());
     let event = match &result {
         Ok(_) => Event::new("sync.completed", pool).message(direction),

@@ -44,6 +44,7 @@ fn fixture(max_containers: usize) -> Fixture {
         config: Arc::new(config),
         runtime: runtime.clone(),
         activity: Arc::new(ActivityLog::default()),
+        fence: crate::fence::Fence::default(),
     });
     Fixture {
         _dir: dir,

@@ -99,6 +99,13 @@ pub struct TransferResult {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    /// The node may not write tenant state now (see [`crate::fence`]); nothing ran.
+    #[error("{op} for tenant {tenant} was not started: {reason}")]
+    Held {
+        tenant: String,
+        op: SyncOp,
+        reason: String,
+    },
     #[error("tenant id {tenant:?} cannot be used in a storage path")]
     InvalidTenant { tenant: String },
     #[error("sink type {kind:?} is not supported (only s3)")]

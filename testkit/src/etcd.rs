@@ -39,10 +39,17 @@ impl EtcdCluster {
     /// Starts three members and waits until each is healthy; panics (with the
     /// members' logs) when it cannot. Fails, never skips, without etcd installed.
     pub async fn start() -> EtcdCluster {
-        match Self::try_start(3).await {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
+        // The ports are picked free, then bound by etcd a moment later: another test
+        // (or daemon) may take one in between. Such a start is tried again on new ports.
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::try_start(3).await {
+                Ok(c) => return c,
+                Err(e) if e.to_string().contains("address already in use") => last = Some(e),
+                Err(e) => panic!("{e}"),
+            }
         }
+        panic!("{}", last.expect("three attempts"))
     }
 
     /// [`EtcdCluster::start`] with `n` members, for callers that report errors.
