@@ -112,19 +112,7 @@ async fn listed(d: &Daemon) -> Vec<Value> {
 
 /// The engine's containers of the instance: (container id label, Docker name).
 fn engine_containers(d: &Daemon) -> Vec<(String, String)> {
-    let (ok, out) = docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=boilerhouse.instance={}", d.instance),
-        "--format",
-        "{{.Label \"boilerhouse.container-id\"}} {{.Names}}",
-    ]);
-    assert!(ok, "docker ps: {out}");
-    out.lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(cid, name)| (cid.to_owned(), name.to_owned()))
-        .collect()
+    labelled_containers(&d.instance)
 }
 
 /// No orphan: eventually every container of the instance is one the daemon lists.

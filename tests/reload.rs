@@ -65,18 +65,9 @@ fn ids(list: &[Value]) -> Vec<String> {
 
 /// Docker containers of the daemon's instance, by their boilerhouse container id.
 fn engine_containers(d: &Daemon) -> Vec<String> {
-    let (ok, out) = docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=boilerhouse.instance={}", d.instance),
-        "--format",
-        "{{.Label \"boilerhouse.container-id\"}}",
-    ]);
-    assert!(ok, "docker ps: {out}");
-    out.lines()
-        .map(str::to_owned)
-        .filter(|l| !l.is_empty())
+    labelled_containers(&d.instance)
+        .into_iter()
+        .map(|(cid, _)| cid)
         .collect()
 }
 

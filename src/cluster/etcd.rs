@@ -121,6 +121,8 @@ fn kvs(v: &Value, path: &str) -> Result<Vec<Kv>, EtcdError> {
     raw.into_iter().map(|k| k.decode(path)).collect()
 }
 
+const TXN: &str = "/v3/kv/txn";
+
 impl EtcdClient {
     pub fn new(endpoints: Vec<String>) -> Self {
         Self {
@@ -235,20 +237,16 @@ impl EtcdClient {
     /// Creates the key only if it does not exist, in one transaction; otherwise
     /// returns the key that was there.
     pub async fn create(&self, key: &str, value: &[u8], lease: i64) -> Result<Created, EtcdError> {
-        let path = "/v3/kv/txn";
+        let path = TXN;
         let k = b64(key.as_bytes());
-        let v = self
-            .call(
-                path,
-                json!({
-                    "compare": [{"target": "CREATE", "key": k, "create_revision": "0", "result": "EQUAL"}],
-                    "success": [{"request_put": {"key": k, "value": b64(value), "lease": lease.to_string()}}],
-                    "failure": [{"request_range": {"key": k}}],
-                }),
-            )
+        let (succeeded, v) = self
+            .txn(json!({
+                "compare": [{"target": "CREATE", "key": k, "create_revision": "0", "result": "EQUAL"}],
+                "success": [{"request_put": {"key": k, "value": b64(value), "lease": lease.to_string()}}],
+                "failure": [{"request_range": {"key": k}}],
+            }))
             .await?;
-        self.check_error(path, &v)?;
-        if v.get("succeeded").and_then(Value::as_bool) == Some(true) {
+        if succeeded {
             return Ok(Created::Yes(int(&v["header"]["revision"])));
         }
         let range = &v["responses"][0]["response_range"];
@@ -271,38 +269,34 @@ impl EtcdClient {
         value: &[u8],
         lease: i64,
     ) -> Result<Option<i64>, EtcdError> {
-        let path = "/v3/kv/txn";
         let k = b64(key.as_bytes());
-        let v = self
-            .call(
-                path,
-                json!({
-                    "compare": [{"target": "MOD", "key": k, "mod_revision": mod_revision.to_string(), "result": "EQUAL"}],
-                    "success": [{"request_put": {"key": k, "value": b64(value), "lease": lease.to_string()}}],
-                }),
-            )
+        let (succeeded, v) = self
+            .txn(json!({
+                "compare": [{"target": "MOD", "key": k, "mod_revision": mod_revision.to_string(), "result": "EQUAL"}],
+                "success": [{"request_put": {"key": k, "value": b64(value), "lease": lease.to_string()}}],
+            }))
             .await?;
-        self.check_error(path, &v)?;
-        Ok((v.get("succeeded").and_then(Value::as_bool) == Some(true))
-            .then(|| int(&v["header"]["revision"])))
+        Ok(succeeded.then(|| int(&v["header"]["revision"])))
     }
 
     /// Deletes the key only if it is still at `mod_revision`; false when it changed
     /// (or is gone).
     pub async fn delete_at(&self, key: &str, mod_revision: i64) -> Result<bool, EtcdError> {
-        let path = "/v3/kv/txn";
         let k = b64(key.as_bytes());
-        let v = self
-            .call(
-                path,
-                json!({
-                    "compare": [{"target": "MOD", "key": k, "mod_revision": mod_revision.to_string(), "result": "EQUAL"}],
-                    "success": [{"request_delete_range": {"key": k}}],
-                }),
-            )
+        let (succeeded, _) = self
+            .txn(json!({
+                "compare": [{"target": "MOD", "key": k, "mod_revision": mod_revision.to_string(), "result": "EQUAL"}],
+                "success": [{"request_delete_range": {"key": k}}],
+            }))
             .await?;
-        self.check_error(path, &v)?;
-        Ok(v.get("succeeded").and_then(Value::as_bool) == Some(true))
+        Ok(succeeded)
+    }
+
+    /// One transaction: whether its compare held, and etcd's whole answer.
+    async fn txn(&self, body: Value) -> Result<(bool, Value), EtcdError> {
+        let v = self.call(TXN, body).await?;
+        self.check_error(TXN, &v)?;
+        Ok((v.get("succeeded").and_then(Value::as_bool) == Some(true), v))
     }
 
     /// A new lease of `ttl` seconds; returns its id.

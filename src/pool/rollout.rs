@@ -153,8 +153,8 @@ impl Pool {
         applied
     }
 
-    /// Marks the rollout as started and says what it will replace.
-    pub(super) fn begin_rollout(&mut self) -> Applied {
+    /// Containers of an old spec still to replace: (idle or starting, claimed).
+    fn stale_counts(&self) -> (usize, usize) {
         let (mut idle, mut claimed) = (0, 0);
         for e in self.containers.values().filter(|e| self.is_stale(e)) {
             match e.status {
@@ -163,6 +163,12 @@ impl Pool {
                 Status::Removing => {}
             }
         }
+        (idle, claimed)
+    }
+
+    /// Marks the rollout as started and says what it will replace.
+    pub(super) fn begin_rollout(&mut self) -> Applied {
+        let (idle, claimed) = self.stale_counts();
         self.rollout = Some(Rollout {
             since: Instant::now(),
             started_at: Utc::now(),
@@ -302,14 +308,7 @@ impl Pool {
     /// What the pool view shows of a rollout in progress.
     pub(super) fn rollout_view(&self) -> Option<super::views::RolloutView> {
         let r = self.rollout.as_ref()?;
-        let (mut idle, mut claimed) = (0, 0);
-        for e in self.containers.values().filter(|e| self.is_stale(e)) {
-            match e.status {
-                Status::Claimed => claimed += 1,
-                Status::Idle | Status::Starting => idle += 1,
-                Status::Removing => {}
-            }
-        }
+        let (idle, claimed) = self.stale_counts();
         Some(super::views::RolloutView {
             started_at: r.started_at,
             replaced: r.replaced,

@@ -69,6 +69,24 @@ pub fn containers_of(instance: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every container of `instance` as (its `boilerhouse.container-id` label, its Docker
+/// name): what the engine holds, to compare with what the daemon lists.
+pub fn labelled_containers(instance: &str) -> Vec<(String, String)> {
+    let (ok, out) = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=boilerhouse.instance={instance}"),
+        "--format",
+        "{{.Label \"boilerhouse.container-id\"}} {{.Names}}",
+    ]);
+    assert!(ok, "docker ps: {out}");
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(cid, name)| (cid.to_owned(), name.to_owned()))
+        .collect()
+}
+
 /// `docker rm -f -v` on the instance's containers; returns how many there were.
 pub fn remove_instance_containers(instance: &str) -> usize {
     let ids = containers_of(instance);

@@ -33,8 +33,8 @@ pub mod s3;
 
 pub use daemon::{unique_instance, web_daemon, workload, Daemon, DaemonBuilder};
 pub use docker::{
-    containers_of, docker, docker_exec, docker_exec_ok, docker_inspect, remove_instance_containers,
-    InstanceGuard,
+    containers_of, docker, docker_exec, docker_exec_ok, docker_inspect, labelled_containers,
+    remove_instance_containers, InstanceGuard,
 };
 pub use error::{KitError, KitResult};
 pub use etcd::{EtcdCluster, EtcdLink};
