@@ -115,7 +115,9 @@ async fn run() -> BenchResult<()> {
     require_image(&image)?;
 
     step("starting the S3 endpoint");
-    let s3 = S3Server::start_direct().await;
+    // An endpoint that keeps each object's MD5 from its upload, as S3 does (see
+    // `start_direct_caching`): seeded as files, then restarted to read them.
+    let mut s3 = S3Server::start_direct_caching().await;
     let rclone_bin = s3.rclone_bin().to_owned();
     std::fs::create_dir_all(s3.root_dir().join(BUCKET))?;
     let run_as = running_as_root().then_some(USER);
@@ -149,6 +151,8 @@ async fn run() -> BenchResult<()> {
             seed_tenant(&bucket.join("mirror").join(tenant).join(flags), tenant)?;
         }
     }
+    s3.stop();
+    s3.start().await;
 
     // The daemon removes this instance's containers when it drops.
     let instance = format!("bench-sync-{:08x}", rand::random::<u32>());
@@ -473,12 +477,29 @@ async fn one_sample(
     daemon.wait_settled(1).await?;
     release_without_upload(daemon, tenant).await?;
     daemon.wait_settled(0).await?;
-    // Another writer changes one object (same size): the next claim must download.
-    let object = files_under(&s3.root_dir().join(BUCKET).join("tenants").join(tenant))
+    // Another writer changes one object (same size) through S3: the next claim must
+    // download.
+    let objects = s3.root_dir().join(BUCKET).join("tenants").join(tenant);
+    let object = files_under(&objects)
         .into_iter()
         .next()
         .ok_or("the tenant has no objects")?;
-    std::fs::write(&object, vec![b'z'; FILE_SIZE + 3])?;
+    let key = object.strip_prefix(&objects)?.to_string_lossy().into_owned();
+    let other = std::env::temp_dir().join(format!("bh-bench-writer-{tenant}-{index}"));
+    std::fs::write(&other, vec![b'z'; FILE_SIZE + 3])?;
+    let args = vec![
+        "copyto".to_owned(),
+        other.to_string_lossy().into_owned(),
+        format!("boilerhouse:{BUCKET}/tenants/{tenant}/{key}"),
+    ];
+    let written = bench
+        .rclone(&format!("another writer's upload to {tenant}"), &args, &[], &[0])
+        .await;
+    let _ = std::fs::remove_file(&other);
+    written?;
+    if std::fs::read(&object)? != vec![b'z'; FILE_SIZE + 3] {
+        return Err(format!("another writer's upload did not reach {}", object.display()).into());
+    }
     (s.after_change, ()) = bench
         .timed(
             &format!("claim of {tenant} after a remote change"),

@@ -249,12 +249,20 @@ async fn kill_9_between_release_and_reclaim_loses_nothing_and_serves_nothing_sta
     let (name, _) = claim_from(&d, "k", "s3").await;
     write_inside(&name, "echo one > /state/f");
     d.release("k", json!({})).await;
+    wait_durable(&d, 1).await;
     d.kill9();
     d.restart().await;
     d.wait_idle(POOL, 1).await;
     // The entry survived the crash, and still equals the remote.
     let (name, _) = claim_from(&d, "k", "cache").await;
     assert_eq!(read_inside(&name, "cat /state/f"), "one");
+    // It moved into the container (renamed, not copied): no entry is left behind.
+    let left: Vec<_> = std::fs::read_dir(d.path("data/state-cache"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "the cache still holds {left:?}");
     write_inside(&name, "echo two > /state/f");
     d.release("k", json!({})).await;
     d.kill9();
@@ -385,4 +393,30 @@ async fn kill_9_during_the_check_then_a_remote_change_is_downloaded() {
     d.wait_idle(POOL, 1).await;
     let (name, _) = claim_from(&d, "chk", "s3").await;
     assert_eq!(read_inside(&name, "cat /state/f"), "new");
+}
+
+/// Waits until `n` entries of the cache have their manifest on disk (written after
+/// the release answered, once the files are flushed): they survive a crash.
+async fn wait_durable(d: &Daemon, n: usize) {
+    let root = d.path("data/state-cache");
+    let durable = || {
+        std::fs::read_dir(&root)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .filter(|e| e.path().join("manifest.json").is_file())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while durable() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache's entries were not flushed within 30 s ({} of {n})",
+            durable()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -272,7 +272,14 @@ pub(super) async fn release_claim(
     if let Some((cache, spec, listing)) = uploaded {
         let pool = workload.id.as_str();
         match cache
-            .store(spec, pool, tenant.as_str(), &info.dirs.state, listing)
+            .store(
+                spec,
+                pool,
+                tenant.as_str(),
+                &info.dirs.state,
+                listing,
+                run_as(owner),
+            )
             .await
         {
             Ok(copied) => crate::metrics::state_cache_fill(pool, true, copied.bytes),

@@ -1,6 +1,6 @@
 //! The local state cache: after a release's upload, the tenant's state is kept under
 //! `DATA_DIR/state-cache/` with a manifest of what the remote holds; the tenant's next
-//! claim copies it into the new container's state dir instead of downloading, if and
+//! claim moves it into the new container's state dir instead of downloading, if and
 //! only if a fresh listing of the remote equals the manifest.
 //!
 //! What an entry is: one per (pool, tenant), `<root>/<hash of both>/` holding
@@ -23,14 +23,21 @@
 //!   have to match rclone's filter rules exactly), overlapping mappings.
 //! - Files are copied, not moved, into the cache at release: a process of the old
 //!   container may hold a file open and write to it after the container is unpaused
-//!   for reuse, which would change a moved inode inside the cache. A restore copies
-//!   too, so no inode is ever shared between the cache and a container.
-//! - An entry is written in `.tmp-*`, its files flushed with `syncfs`, the manifest
-//!   written and flushed last, then renamed into place; a replaced entry is renamed
-//!   to `.trash-*` first. At start anything starting with `.` or without a readable
-//!   manifest is removed. So `kill -9` (or power loss) at any point leaves a complete
-//!   entry, or none, or the previous one — and a previous one no longer matches the
-//!   remote once anything newer was uploaded.
+//!   for reuse, which would change a moved inode inside the cache. The copy gives
+//!   them what a download would (owner, modes, modification time), so a restore
+//!   *moves* them: the entry is renamed aside (out of the index and, for a restart,
+//!   out of the cache), then each mapping's top-level names are renamed into the
+//!   container's state dir — a handful of renames instead of a copy of 1,000 files.
+//!   An entry so serves one claim; the release that ends it fills the cache again.
+//!   No inode is ever in two containers: each was created by the fill's copy and
+//!   is moved into exactly one.
+//! - An entry is written in `.tmp-*` and renamed into place (a replaced entry is
+//!   renamed to `.trash-*` first); this process may use it at once. Its manifest is
+//!   written after the release answered, once one `syncfs` put the files on disk.
+//!   At start anything starting with `.` or without a readable manifest is removed.
+//!   So `kill -9` (or power loss) at any point leaves a complete entry, or none, or
+//!   the previous one — and a previous one no longer matches the remote once
+//!   anything newer was uploaded.
 //! - No invalidation at claim time is needed: while the tenant holds a claim its
 //!   container's state diverges, but the cache still equals the remote, which is what
 //!   a download would give after a crash too. Every upload of the claim (periodic,
@@ -44,7 +51,9 @@
 //! empties it at start).
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
@@ -54,14 +63,15 @@ use md5::{Digest as _, Md5};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::listing::{Lister, Listing, RemoteObject};
+use super::listing::{Lister, Listing};
 use super::local::{inspect_local, is_safe_tenant_id, normalize_mapping_path, LocalState};
 use super::{SyncEngine, SyncOp};
 use crate::workload::spec::{SinkSpec, SyncMapping, SyncSpec};
 
 const MANIFEST: &str = "manifest.json";
 const FILES: &str = "files";
-const MANIFEST_VERSION: u32 = 1;
+/// 2: files carry their final owner and modes (a restore only renames them).
+const MANIFEST_VERSION: u32 = 2;
 
 /// Where a claim's state came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -150,6 +160,8 @@ struct Manifest {
     listing: Listing,
     bytes: u64,
     files: u64,
+    /// The `(uid, gid)` the files and directories belong to (None: the daemon's).
+    owner: Option<(u32, u32)>,
 }
 
 struct Meta {
@@ -256,8 +268,9 @@ impl StateCache {
         Ok(listing)
     }
 
-    /// Copies the tenant's cached state into `state_dir` when the remote still holds
-    /// exactly it; otherwise says why not, and `state_dir` is as it was.
+    /// Moves the tenant's cached state into `state_dir` when the remote still holds
+    /// exactly it (the entry serves this one claim and is gone after it); otherwise
+    /// says why not, and `state_dir` is as it was.
     pub async fn restore(
         &self,
         engine: &SyncEngine,
@@ -292,113 +305,100 @@ impl StateCache {
                 None => return Err(Miss::new(MissReason::Absent, "no entry")),
             }
         };
-        let result = self
-            .check_and_copy(engine, spec, tenant, &name, &manifest, state_dir, run_as)
-            .await;
-        let mut index = self.lock();
-        if let Some(meta) = index.entries.get_mut(&name) {
-            meta.readers -= 1;
-        }
-        match &result {
-            Ok(_) => {
-                index.tick += 1;
-                let tick = index.tick;
-                if let Some(meta) = index.entries.get_mut(&name) {
-                    meta.last_used = tick;
-                }
-                drop(index);
-                // The manifest's mtime orders entries by last use after a restart.
-                if let Ok(f) = std::fs::File::options()
-                    .write(true)
-                    .open(self.root.join(&name).join(MANIFEST))
-                {
-                    let _ = f.set_modified(SystemTime::now());
-                }
+        let started = std::time::Instant::now();
+        let checked = self.check(engine, spec, tenant, &manifest).await;
+        let taken = {
+            let mut index = self.lock();
+            if let Some(meta) = index.entries.get_mut(&name) {
+                meta.readers -= 1;
             }
-            Err(miss) if miss.reason == MissReason::RemoteChanged => {
+            match &checked {
+                // It moves into the container (no copy: renames only), so it serves
+                // this claim and no other; the release that ends the claim fills it
+                // again.
+                Ok(()) => Some(self.take_entry(&mut index, &name)),
                 // It can never match again; free its space.
-                let gone = self.take_entry(&mut index, &name);
-                drop(index);
-                if let Some(path) = gone {
-                    remove_any(&path);
+                Err(miss) if miss.reason == MissReason::RemoteChanged => {
+                    let gone = self.take_entry(&mut index, &name);
+                    drop(index);
+                    if let Some(path) = gone {
+                        remove_any(&path);
+                    }
+                    None
                 }
+                Err(_) => None,
             }
-            Err(_) => {}
-        }
-        result
+        };
+        checked?;
+        let list_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let entry = match taken.flatten() {
+            // Only an entry renamed aside can be moved out of: one still under its own
+            // name would be indexed again after a crash with half its files gone.
+            Some(path) if path != self.root.join(&name) => path,
+            Some(path) => {
+                remove_any(&path);
+                return Err(Miss::new(
+                    MissReason::CopyFailed,
+                    "the entry could not be set aside",
+                ));
+            }
+            None => {
+                return Err(Miss::new(
+                    MissReason::Evicted,
+                    "evicted while it was checked",
+                ))
+            }
+        };
+        let state_dir = state_dir.to_owned();
+        let moved = tokio::task::spawn_blocking(move || {
+            let moved = move_into_container(&entry, &state_dir, &manifest, run_as);
+            remove_any(&entry);
+            moved
+        })
+        .await
+        .map_err(|e| Miss::new(MissReason::CopyFailed, e.to_string()))??;
+        tracing::info!(
+            tenant,
+            files = moved.files,
+            bytes = moved.bytes,
+            list_ms,
+            total_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "restored from the state cache"
+        );
+        Ok(moved)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn check_and_copy(
+    /// Does the remote hold exactly what the entry holds?
+    async fn check(
         &self,
         engine: &SyncEngine,
         spec: &SyncSpec,
         tenant: &str,
-        name: &str,
-        manifest: &Arc<Manifest>,
-        state_dir: &Path,
-        run_as: Option<(u32, u32)>,
-    ) -> Result<Copied, Miss> {
+        manifest: &Manifest,
+    ) -> Result<(), Miss> {
         if manifest.sink != sink_identity(&spec.sink, tenant) {
             return Err(Miss::new(
                 MissReason::RemoteChanged,
                 "the workload's sink changed",
             ));
         }
-        let started = std::time::Instant::now();
         let listing = self
             .listing(engine, spec, tenant)
             .await
             .map_err(|e| Miss::new(MissReason::CheckFailed, e))?;
-        let list_ms = started.elapsed().as_secs_f64() * 1000.0;
         if listing != manifest.listing {
             return Err(Miss::new(
                 MissReason::RemoteChanged,
                 describe_difference(&manifest.listing, &listing),
             ));
         }
-        let (entry, state_dir, manifest) = (
-            self.root.join(name).join(FILES),
-            state_dir.to_owned(),
-            manifest.clone(),
-        );
-        let copied = tokio::task::spawn_blocking(move || {
-            for (rel, _) in &manifest.listing {
-                match inspect_local(&state_dir, rel) {
-                    Ok(LocalState::Missing | LocalState::Empty) => {}
-                    Ok(LocalState::NonEmpty) => {
-                        return Err(Miss::new(
-                            MissReason::LocalNotEmpty,
-                            format!("{} is not empty", state_dir.join(rel).display()),
-                        ))
-                    }
-                    Err(e) => return Err(Miss::new(MissReason::LocalNotEmpty, e)),
-                }
-            }
-            copy_out(&entry, &state_dir, &manifest.listing, run_as).map_err(|e| {
-                // Leave the mapping dirs as they were (missing or empty).
-                for (rel, _) in &manifest.listing {
-                    let _ = crate::fsutil::wipe_contents(&state_dir.join(rel));
-                }
-                Miss::new(MissReason::CopyFailed, e)
-            })
-        })
-        .await
-        .map_err(|e| Miss::new(MissReason::CopyFailed, e.to_string()))??;
-        tracing::info!(
-            tenant,
-            files = copied.files,
-            bytes = copied.bytes,
-            list_ms,
-            total_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "restored from the state cache"
-        );
-        Ok(copied)
+        Ok(())
     }
 
     /// Stores the tenant's state from `state_dir` (its container paused, its upload
-    /// done) if every file equals `listing`, taken after the upload. Evicts the
-    /// least recently used entries to stay under the limit.
+    /// done) if every file equals `listing`, taken after the upload, owned by
+    /// `run_as` as a download would make them. Evicts the least recently used
+    /// entries to stay under the limit.
     pub async fn store(
         self: &Arc<Self>,
         spec: &SyncSpec,
@@ -406,6 +406,7 @@ impl StateCache {
         tenant: &str,
         state_dir: &Path,
         listing: Listing,
+        run_as: Option<(u32, u32)>,
     ) -> Result<Copied, String> {
         if !self.enabled() {
             return Err("the state cache is disabled".into());
@@ -421,6 +422,7 @@ impl StateCache {
             bytes: listing.iter().flat_map(|(_, o)| o).map(|o| o.size).sum(),
             files: listing.iter().map(|(_, o)| o.len() as u64).sum(),
             listing,
+            owner: run_as,
         };
         if manifest.bytes > self.limit {
             return Err(format!(
@@ -429,12 +431,32 @@ impl StateCache {
             ));
         }
         let (cache, state_dir) = (self.clone(), state_dir.to_owned());
-        tokio::task::spawn_blocking(move || cache.fill(manifest, &state_dir))
-            .await
-            .map_err(|e| e.to_string())?
+        let (copied, durable) =
+            tokio::task::spawn_blocking(move || cache.fill(manifest, &state_dir))
+                .await
+                .map_err(|e| e.to_string())??;
+        // Flushing takes longer than the copy (a `syncfs` waits for everything the
+        // machine wrote meanwhile); the release does not wait for it.
+        let tenant = tenant.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match durable.persist() {
+                Ok(()) => tracing::debug!(
+                    tenant,
+                    flush_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "state cache entry flushed"
+                ),
+                Err(e) => {
+                    tracing::warn!(tenant, error = %e, "a state cache entry could not be flushed; it is dropped at the next start")
+                }
+            }
+        });
+        Ok(copied)
     }
 
-    fn fill(&self, manifest: Manifest, state_dir: &Path) -> Result<Copied, String> {
+    /// Copies the files into a new entry and installs it (usable at once by this
+    /// process); what it returns writes the manifest once the files are on disk.
+    fn fill(&self, manifest: Manifest, state_dir: &Path) -> Result<(Copied, Unflushed), String> {
         let name = entry_name(&manifest.pool, &manifest.tenant);
         let tmp = self
             .root
@@ -445,27 +467,31 @@ impl StateCache {
                 .create(&tmp)
                 .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
             let started = std::time::Instant::now();
-            let copied = copy_in(state_dir, &tmp.join(FILES), &manifest.listing)?;
+            let copied = copy_in(
+                state_dir,
+                &tmp.join(FILES),
+                &manifest.listing,
+                manifest.owner,
+            )?;
             let copy_ms = started.elapsed().as_secs_f64() * 1000.0;
             let json = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
-            flush_filesystem(&tmp)?;
             tracing::info!(
                 tenant = %manifest.tenant,
                 files = copied.files,
                 bytes = copied.bytes,
                 copy_ms,
-                flush_ms = started.elapsed().as_secs_f64() * 1000.0 - copy_ms,
                 "state cache filled"
             );
-            let mut f = std::fs::File::create(tmp.join(MANIFEST))
-                .and_then(|mut f| f.write_all(&json).map(|()| f))
-                .map_err(|e| format!("cannot write the manifest: {e}"))?;
-            f.flush()
-                .and_then(|()| f.sync_all())
-                .map_err(|e| e.to_string())?;
-            Ok(copied)
+            // The entry's own directory, wherever it is renamed to later: the
+            // manifest goes into this one, never into a newer entry of the tenant.
+            let dir = std::fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(&tmp)
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            Ok((copied, Unflushed { dir, json }))
         })();
-        let copied = match result {
+        let (copied, unflushed) = match result {
             Ok(c) => c,
             Err(e) => {
                 remove_any(&tmp);
@@ -500,7 +526,6 @@ impl StateCache {
                 trash.iter().for_each(|p| remove_any(p));
                 return Err(format!("cannot install the entry: {e}"));
             }
-            let _ = std::fs::File::open(&self.root).and_then(|d| d.sync_all());
             index.tick += 1;
             index.bytes += manifest.bytes;
             index.evicted.remove(&name);
@@ -516,7 +541,7 @@ impl StateCache {
             crate::metrics::state_cache_size(index.bytes);
         }
         trash.iter().for_each(|p| remove_any(p));
-        Ok(copied)
+        Ok((copied, unflushed))
     }
 
     /// Forgets an entry and moves its directory aside (to be removed outside the
@@ -711,7 +736,16 @@ fn make_parents(
 
 /// Fill: copies every listed object from the paused container's state dir into a
 /// new entry, hashing the bytes written; any difference from the listing fails it.
-fn copy_in(state_dir: &Path, files: &Path, listing: &Listing) -> Result<Copied, String> {
+/// Files and directories get what a download would give them (modes 0666 and 0777
+/// less the umask, `run_as` as owner, the file's modification time), so that a
+/// restore only has to rename them into place. The entry's root stays 0700.
+fn copy_in(
+    state_dir: &Path,
+    files: &Path,
+    listing: &Listing,
+    run_as: Option<(u32, u32)>,
+) -> Result<Copied, String> {
+    use std::os::unix::fs::fchown;
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(files)
@@ -728,13 +762,17 @@ fn copy_in(state_dir: &Path, files: &Path, listing: &Listing) -> Result<Copied, 
             }
             let (mut src, path) = open_no_follow(state_dir, rel, &object.key)?;
             let mtime = src.metadata().and_then(|m| m.modified()).ok();
-            let dst_path = make_parents(files, rel, &object.key, None)?;
+            let dst_path = make_parents(files, rel, &object.key, run_as)?;
             let mut dst = std::fs::File::options()
                 .write(true)
                 .create_new(true)
-                .mode(0o600)
+                .mode(0o666)
                 .open(&dst_path)
                 .map_err(|e| format!("{}: {e}", dst_path.display()))?;
+            if let Some((uid, gid)) = run_as {
+                fchown(&dst, Some(uid), Some(gid))
+                    .map_err(|e| format!("cannot chown {}: {e}", dst_path.display()))?;
+            }
             let (mut md5, mut size) = (Md5::new(), 0u64);
             loop {
                 let n = src
@@ -764,96 +802,200 @@ fn copy_in(state_dir: &Path, files: &Path, listing: &Listing) -> Result<Copied, 
     Ok(copied)
 }
 
-/// Restore: copies an entry's files into a container's state dir. Files get the
-/// mode a download gives them (0666 and directories 0777, less the umask), the
-/// workload's owner when the daemon is root, and the modification time the upload
-/// recorded.
-fn copy_out(
-    files: &Path,
+/// Restore: moves an entry's files (set aside at `entry`, already in their final
+/// form) into a container's state dir by renaming each mapping's top-level names —
+/// a handful of renames instead of a copy of every file. Mapping dirs must be
+/// missing or empty; anything the container put in the way fails the restore,
+/// which then leaves the mapping dirs empty. The state dir is the container's to
+/// write, so every step below it goes through directory descriptors opened without
+/// following symlinks: a symlink planted meanwhile cannot redirect a rename.
+fn move_into_container(
+    entry: &Path,
     state_dir: &Path,
-    listing: &Listing,
+    manifest: &Manifest,
     run_as: Option<(u32, u32)>,
-) -> Result<Copied, String> {
-    // A few threads: per file the copy is a handful of syscalls, and on a restore of
-    // many small files those, not the bytes, are the time.
-    let all: Vec<(&str, &RemoteObject)> = listing
-        .iter()
-        .flat_map(|(rel, objects)| objects.iter().map(move |o| (rel.as_str(), o)))
-        .collect();
-    let threads = COPY_THREADS.min(all.len().max(1));
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let mine: Vec<_> = all.iter().skip(t).step_by(threads).copied().collect();
-                scope.spawn(move || copy_files(files, state_dir, &mine, run_as))
-            })
-            .collect();
-        let mut copied = Copied::default();
-        for worker in workers {
-            let part = worker
-                .join()
-                .map_err(|_| "a copying thread panicked".to_owned())??;
-            copied.bytes += part.bytes;
-            copied.files += part.files;
+) -> Result<Copied, Miss> {
+    for (rel, _) in &manifest.listing {
+        match inspect_local(state_dir, rel) {
+            Ok(LocalState::Missing | LocalState::Empty) => {}
+            Ok(LocalState::NonEmpty) => {
+                return Err(Miss::new(
+                    MissReason::LocalNotEmpty,
+                    format!("{} is not empty", state_dir.join(rel).display()),
+                ))
+            }
+            Err(e) => return Err(Miss::new(MissReason::LocalNotEmpty, e)),
         }
-        Ok(copied)
+    }
+    let files = entry.join(FILES);
+    let moved = (|| {
+        if manifest.owner != run_as {
+            if let Some(owner) = run_as {
+                chown_tree(&files, owner)?;
+            }
+        }
+        for (rel, objects) in &manifest.listing {
+            // Like a download of an empty prefix: nothing, not even the directory.
+            if objects.is_empty() {
+                continue;
+            }
+            let dst = open_dirs(state_dir, rel, run_as)?;
+            let src = files.join(rel);
+            for child in std::fs::read_dir(&src).map_err(|e| format!("{}: {e}", src.display()))? {
+                let child = child.map_err(|e| format!("{}: {e}", src.display()))?;
+                rename_into(&child.path(), &dst, &child.file_name())?;
+            }
+        }
+        Ok(Copied {
+            bytes: manifest.bytes,
+            files: manifest.files,
+        })
+    })();
+    moved.map_err(|e: String| {
+        // Leave the mapping dirs empty (never through a symlink put in their place).
+        for (rel, _) in &manifest.listing {
+            let dir = state_dir.join(rel);
+            if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                let _ = crate::fsutil::wipe_contents(&dir);
+            }
+        }
+        Miss::new(MissReason::CopyFailed, e)
     })
 }
 
-const COPY_THREADS: usize = 4;
+/// Opens `base/rel` as a directory, creating what is missing (mode 0777 less the
+/// umask, owned by `run_as`, as a download makes them), never following a symlink.
+fn open_dirs(base: &Path, rel: &str, run_as: Option<(u32, u32)>) -> Result<OwnedFd, String> {
+    let mut dir: OwnedFd = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(base)
+        .map_err(|e| format!("{}: {e}", base.display()))?
+        .into();
+    let mut path = base.to_owned();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        let name = CString::new(part).map_err(|_| format!("{}: a NUL byte", path.display()))?;
+        let open = |dir: &OwnedFd| {
+            // SAFETY: a valid descriptor and a NUL-terminated name; the result is
+            // checked before it is owned.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            };
+            // SAFETY: `fd` is a new descriptor nobody else owns.
+            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+        let next = match open(&dir) {
+            Some(fd) => fd,
+            None => {
+                // SAFETY: as above.
+                let made = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o777) } == 0;
+                let err = std::io::Error::last_os_error();
+                if !made && err.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(format!("cannot create {}: {err}", path.display()));
+                }
+                let fd = open(&dir).ok_or_else(|| format!("{} is in the way", path.display()))?;
+                if let (true, Some((uid, gid))) = (made, run_as) {
+                    std::os::unix::fs::fchown(&fd, Some(uid), Some(gid))
+                        .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
+                }
+                fd
+            }
+        };
+        dir = next;
+    }
+    Ok(dir)
+}
 
-fn copy_files(
-    files: &Path,
-    state_dir: &Path,
-    objects: &[(&str, &RemoteObject)],
-    run_as: Option<(u32, u32)>,
-) -> Result<Copied, String> {
-    use std::os::unix::fs::fchown;
-    let mut copied = Copied::default();
-    {
-        for (rel, RemoteObject { key, size, .. }) in objects {
-            let (mut src, _) = open_no_follow(files, rel, key)?;
-            let mtime = src.metadata().and_then(|m| m.modified()).ok();
-            let dst_path = make_parents(state_dir, rel, key, run_as)?;
-            let mut dst = std::fs::File::options()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&dst_path)
-                .map_err(|e| format!("{}: {e}", dst_path.display()))?;
-            if let Some((uid, gid)) = run_as {
-                fchown(&dst, Some(uid), Some(gid))
-                    .map_err(|e| format!("cannot chown {}: {e}", dst_path.display()))?;
-            }
-            let n = std::io::copy(&mut src, &mut dst)
-                .map_err(|e| format!("{}: {e}", dst_path.display()))?;
-            if n != *size {
-                return Err(format!(
-                    "cache entry file for {key} has {n} bytes, not {size}"
-                ));
-            }
-            if let Some(t) = mtime {
-                let _ = dst.set_modified(t);
-            }
-            copied.bytes += n;
-            copied.files += 1;
+/// Renames `src` (inside the private cache) to `name` in the directory `dst`, never
+/// over anything already there.
+fn rename_into(src: &Path, dst: &OwnedFd, name: &std::ffi::OsStr) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(src.as_os_str().as_bytes())
+        .map_err(|_| format!("{}: a NUL byte", src.display()))?;
+    let to = CString::new(name.as_bytes()).map_err(|_| format!("{name:?}: a NUL byte"))?;
+    // SAFETY: NUL-terminated paths and a valid descriptor; no memory is shared.
+    let renamed = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            dst.as_raw_fd(),
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if renamed != 0 {
+        return Err(format!(
+            "cannot move {} into the state dir as {name:?}: {}",
+            src.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Gives everything below `dir` (the private cache, no symlinks in it) to `owner`:
+/// the workload's user changed since the entry was filled.
+fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) -> Result<(), String> {
+    for child in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = child.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            chown_tree(&path, (uid, gid))?;
         }
     }
-    Ok(copied)
+    Ok(())
+}
+
+/// A new entry whose files may not be on disk yet, and the manifest that says they
+/// are: written only after one `syncfs`, so an entry found at start (one with a
+/// manifest) has every file complete even after a power loss. One killed before
+/// the manifest lacks it and is removed at start: a miss, never a half entry.
+struct Unflushed {
+    dir: std::fs::File,
+    json: Vec<u8>,
+}
+
+impl Unflushed {
+    fn persist(self) -> Result<(), String> {
+        flush_filesystem(&self.dir)?;
+        let name = CString::new(MANIFEST).expect("no NUL in the name");
+        // SAFETY: a valid directory descriptor and a NUL-terminated name; the result
+        // is checked before it is owned.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(format!(
+                "cannot write the manifest: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: `fd` is a new descriptor nobody else owns.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        f.write_all(&self.json)
+            .and_then(|()| f.sync_all())
+            .and_then(|()| self.dir.sync_all())
+            .map_err(|e| format!("cannot write the manifest: {e}"))
+    }
 }
 
 /// Flushes the files of a new entry before its manifest is written, so a manifest
 /// never outlives its files on a power loss. One `syncfs` instead of a fsync each.
-fn flush_filesystem(dir: &Path) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    let d = std::fs::File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn flush_filesystem(dir: &std::fs::File) -> Result<(), String> {
     // SAFETY: syncfs takes a valid open descriptor and has no other precondition.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(format!(
-            "syncfs {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(format!("syncfs: {}", std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -861,6 +1003,7 @@ fn flush_filesystem(dir: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::listing::RemoteObject;
     use crate::workload::spec::{SyncDirection, SyncMode, SyncPolicy};
 
     fn spec(mappings: &[(&str, Option<&str>)]) -> SyncSpec {
@@ -939,22 +1082,22 @@ mod tests {
         let good = listing(&[("d/a", b"hello")]);
         assert_eq!(
             cache
-                .store(&s, "p", "t1", &state, good.clone())
+                .store(&s, "p", "t1", &state, good.clone(), None)
                 .await
                 .unwrap(),
             Copied { bytes: 5, files: 1 }
         );
         // A file that changed after the listing: no entry.
         let stale = listing(&[("d/a", b"hellO")]);
-        assert!(cache.store(&s, "p", "t2", &state, stale).await.is_err());
+        assert!(cache.store(&s, "p", "t2", &state, stale, None).await.is_err());
         assert_eq!(cache.bytes(), 5);
         cache
-            .store(&s, "p", "t3", &state, good.clone())
+            .store(&s, "p", "t3", &state, good.clone(), None)
             .await
             .unwrap();
         // A third entry does not fit in 12 bytes: the least recently used goes.
         cache
-            .store(&s, "p", "t4", &state, good.clone())
+            .store(&s, "p", "t4", &state, good.clone(), None)
             .await
             .unwrap();
         assert_eq!(cache.bytes(), 10);
@@ -962,6 +1105,17 @@ mod tests {
         assert!(index.evicted.contains(&entry_name("p", "t1")));
         assert!(index.entries.contains_key(&entry_name("p", "t4")));
         drop(index);
+        // Manifests are written once the files are flushed, after `store` returned.
+        for tenant in ["t3", "t4"] {
+            let manifest = tmp.path().join("cache").join(entry_name("p", tenant)).join(MANIFEST);
+            for _ in 0..500 {
+                if manifest.exists() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(manifest.exists(), "{tenant}'s manifest was never written");
+        }
         // Reopening keeps complete entries and drops leftovers.
         std::fs::create_dir(tmp.path().join("cache/.tmp-x")).unwrap();
         std::fs::create_dir(tmp.path().join("cache/nomanifest")).unwrap();
@@ -979,21 +1133,48 @@ mod tests {
     }
 
     #[test]
-    fn a_restore_copies_and_refuses_a_symlink_in_the_way() {
+    fn a_restore_moves_the_entry_and_refuses_a_symlink_in_the_way() {
         let tmp = tempfile::tempdir().unwrap();
-        let files = tmp.path().join("files");
-        std::fs::create_dir_all(files.join("d")).unwrap();
-        std::fs::write(files.join("d/a"), b"hello").unwrap();
-        let l = listing(&[("d/a", b"hello")]);
-        let out = tmp.path().join("out");
-        std::fs::create_dir(&out).unwrap();
-        assert_eq!(copy_out(&files, &out, &l, None).unwrap().files, 1);
-        assert_eq!(std::fs::read(out.join("d/a")).unwrap(), b"hello");
+        let entry = tmp.path().join("entry");
+        std::fs::create_dir_all(entry.join(FILES).join("m/d")).unwrap();
+        std::fs::write(entry.join(FILES).join("m/d/a"), b"hello").unwrap();
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            pool: "p".into(),
+            tenant: "t".into(),
+            sink: String::new(),
+            listing: vec![("m".into(), listing(&[("d/a", b"hello")]).remove(0).1)],
+            bytes: 5,
+            files: 1,
+            owner: None,
+        };
+        // A symlink where the mapping dir goes: refused, nothing written through it.
         let evil = tmp.path().join("evil");
-        std::fs::create_dir(&evil).unwrap();
-        std::os::unix::fs::symlink(tmp.path(), evil.join("d")).unwrap();
-        assert!(copy_out(&files, &evil, &l, None)
+        let target = tmp.path().join("target");
+        std::fs::create_dir_all(&evil).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        std::os::unix::fs::symlink(&target, evil.join("m")).unwrap();
+        assert!(open_dirs(&evil, "m", None)
             .unwrap_err()
             .contains("in the way"));
+        assert!(move_into_container(&entry, &evil, &manifest, None).is_err());
+        assert!(crate::fsutil::is_empty(&target));
+        // Something the container put at a moved name is never replaced.
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(out.join("m")).unwrap();
+        let dst = open_dirs(&out, "m", None).unwrap();
+        std::fs::write(out.join("m/x"), b"theirs").unwrap();
+        std::fs::write(tmp.path().join("x"), b"ours").unwrap();
+        assert!(rename_into(&tmp.path().join("x"), &dst, "x".as_ref())
+            .unwrap_err()
+            .contains("File exists"));
+        assert_eq!(std::fs::read(out.join("m/x")).unwrap(), b"theirs");
+        // An empty or missing mapping dir: the entry's files move in.
+        let fresh = tmp.path().join("fresh");
+        std::fs::create_dir(&fresh).unwrap();
+        let moved = move_into_container(&entry, &fresh, &manifest, None).unwrap();
+        assert_eq!(moved, Copied { bytes: 5, files: 1 });
+        assert_eq!(std::fs::read(fresh.join("m/d/a")).unwrap(), b"hello");
+        assert!(!entry.join(FILES).join("m/d").exists());
     }
 }
