@@ -484,7 +484,10 @@ async fn one_sample(
         .into_iter()
         .next()
         .ok_or("the tenant has no objects")?;
-    let key = object.strip_prefix(&objects)?.to_string_lossy().into_owned();
+    let key = object
+        .strip_prefix(&objects)?
+        .to_string_lossy()
+        .into_owned();
     let other = std::env::temp_dir().join(format!("bh-bench-writer-{tenant}-{index}"));
     std::fs::write(&other, vec![b'z'; FILE_SIZE + 3])?;
     let args = vec![
@@ -493,7 +496,12 @@ async fn one_sample(
         format!("boilerhouse:{BUCKET}/tenants/{tenant}/{key}"),
     ];
     let written = bench
-        .rclone(&format!("another writer's upload to {tenant}"), &args, &[], &[0])
+        .rclone(
+            &format!("another writer's upload to {tenant}"),
+            &args,
+            &[],
+            &[0],
+        )
         .await;
     let _ = std::fs::remove_file(&other);
     written?;

@@ -1089,7 +1089,10 @@ mod tests {
         );
         // A file that changed after the listing: no entry.
         let stale = listing(&[("d/a", b"hellO")]);
-        assert!(cache.store(&s, "p", "t2", &state, stale, None).await.is_err());
+        assert!(cache
+            .store(&s, "p", "t2", &state, stale, None)
+            .await
+            .is_err());
         assert_eq!(cache.bytes(), 5);
         cache
             .store(&s, "p", "t3", &state, good.clone(), None)
@@ -1101,13 +1104,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(cache.bytes(), 10);
-        let index = cache.lock();
-        assert!(index.evicted.contains(&entry_name("p", "t1")));
-        assert!(index.entries.contains_key(&entry_name("p", "t4")));
-        drop(index);
+        {
+            let index = cache.lock();
+            assert!(index.evicted.contains(&entry_name("p", "t1")));
+            assert!(index.entries.contains_key(&entry_name("p", "t4")));
+        }
         // Manifests are written once the files are flushed, after `store` returned.
         for tenant in ["t3", "t4"] {
-            let manifest = tmp.path().join("cache").join(entry_name("p", tenant)).join(MANIFEST);
+            let manifest = tmp
+                .path()
+                .join("cache")
+                .join(entry_name("p", tenant))
+                .join(MANIFEST);
             for _ in 0..500 {
                 if manifest.exists() {
                     break;
