@@ -5,24 +5,26 @@
 //! Set-up: a local S3 endpoint (`rclone serve s3`, the integration tests' fixture), N
 //! tenants seeded with 1,000 files of 10 KiB in nested directories under
 //! `tenants/<tenant>/` of bucket `bh` (and the same objects under
-//! `mirror/<tenant>/{default,engine}/`, for the plain mirrors to overwrite), and the
-//! release daemon (`target/release/boilerhouse`, built by `cargo bench`) with its own
-//! instance label, temporary directories and a mirrored (`/`, bidirectional, `sync`)
-//! workload on the test image, min pool size 2.
+//! `mirror/<tenant>/{default,engine,previous}/`, for the plain mirrors to overwrite),
+//! and the release daemon (`target/release/boilerhouse`, built by `cargo bench`) with
+//! its own instance label, temporary directories and a mirrored (`/`, bidirectional,
+//! `sync`) workload on the test image, min pool size 2.
 //!
 //! Each sample, on a pool with its two idle containers and no container being created
 //! or removed (the bench waits for that before every measurement):
 //! - `rclone version` and `rclone lsf` of an empty prefix: rclone's process start;
-//! - three restores of the tenant's data, in an order that rotates between samples:
+//! - four restores of the tenant's data, in an order that rotates between samples:
 //!   `POST /tenants/<t>/claim` (the HTTP round trip is the restore; the files are
 //!   counted in the container's state directory), and plain `rclone copy` remote →
-//!   empty dir with rclone's default flags and with the engine's;
+//!   empty dir with rclone's default flags, with the engine's (`BASE_FLAGS` +
+//!   `FRESH_DOWNLOAD_FLAGS`, as it restores a claim) and with the engine's previous
+//!   flags (`PREVIOUS_FLAGS`, before the sweep of 2026-12-03);
 //! - every file is changed from inside the container (`docker exec`, not timed); the
-//!   two plain copies are uploaded to new prefixes `new/<tenant>/…` (default / engine
-//!   flags), then changed the same way;
-//! - three mirrors of 1,000 changed files onto their old objects, rotated likewise:
+//!   three plain copies are uploaded to new prefixes `new/<tenant>/…` (default /
+//!   engine / previous flags), then changed the same way;
+//! - four mirrors of 1,000 changed files onto their old objects, rotated likewise:
 //!   `POST /tenants/<t>/release` (pause + upload + bookkeeping), and plain
-//!   `rclone sync` onto `mirror/<tenant>/…` with default flags and with the engine's.
+//!   `rclone sync` onto `mirror/<tenant>/…` with default, engine and previous flags.
 //!
 //! - the tenant comes back: a timed claim that must be served from the state cache
 //!   (`timings.restoreSource == "cache"`, every changed file in the state dir), a
@@ -91,10 +93,13 @@ struct Sample {
     lsf_empty: Option<Duration>,
     dl_default: Option<Duration>,
     dl_engine: Option<Duration>,
+    dl_previous: Option<Duration>,
     up_default: Option<Duration>,
     up_engine: Option<Duration>,
+    up_previous: Option<Duration>,
     sync_default: Option<Duration>,
     sync_engine: Option<Duration>,
+    sync_previous: Option<Duration>,
     /// The tenant's next claim, served from the state cache.
     returning: Option<Duration>,
     /// A claim after another writer changed one object: a download.
@@ -122,6 +127,8 @@ async fn run() -> BenchResult<()> {
     std::fs::create_dir_all(s3.root_dir().join(BUCKET))?;
     let run_as = running_as_root().then_some(USER);
     let engine_flags = engine_flags();
+    let download_flags = engine_download_flags();
+    let previous_flags: Vec<String> = PREVIOUS_FLAGS.iter().map(|s| s.to_string()).collect();
     let rclone = Rclone {
         bin: rclone_bin.clone(),
         env: remote_env(&s3),
@@ -147,7 +154,7 @@ async fn run() -> BenchResult<()> {
         // overwrite: written as files like the tenant's, never through S3.
         let bucket = s3.root_dir().join(BUCKET);
         seed_tenant(&bucket.join("tenants").join(tenant), tenant)?;
-        for flags in ["default", "engine"] {
+        for flags in ["default", "engine", "previous"] {
             seed_tenant(&bucket.join("mirror").join(tenant).join(flags), tenant)?;
         }
     }
@@ -167,6 +174,8 @@ async fn run() -> BenchResult<()> {
         daemon: &daemon,
         rclone: &rclone,
         engine_flags: &engine_flags,
+        download_flags: &download_flags,
+        previous_flags: &previous_flags,
         s3: &s3,
         failures: Vec::new(),
     };
@@ -255,6 +264,7 @@ enum Restore {
     Claim,
     PlainDefault,
     PlainEngine,
+    PlainPrevious,
 }
 
 /// The three mirrors of changed files onto the old objects, rotated the same way.
@@ -263,25 +273,66 @@ enum Mirror {
     Release,
     PlainDefault,
     PlainEngine,
+    PlainPrevious,
 }
 
-const RESTORE_ORDERS: [[Restore; 3]; 3] = [
-    [Restore::Claim, Restore::PlainDefault, Restore::PlainEngine],
-    [Restore::PlainDefault, Restore::PlainEngine, Restore::Claim],
-    [Restore::PlainEngine, Restore::Claim, Restore::PlainDefault],
-];
+const RESTORE_ORDERS: [[Restore; 4]; 4] = {
+    use Restore::*;
+    [
+        [Claim, PlainDefault, PlainEngine, PlainPrevious],
+        [PlainDefault, PlainEngine, PlainPrevious, Claim],
+        [PlainEngine, PlainPrevious, Claim, PlainDefault],
+        [PlainPrevious, Claim, PlainDefault, PlainEngine],
+    ]
+};
 
-const MIRROR_ORDERS: [[Mirror; 3]; 3] = [
-    [Mirror::Release, Mirror::PlainDefault, Mirror::PlainEngine],
-    [Mirror::PlainDefault, Mirror::PlainEngine, Mirror::Release],
-    [Mirror::PlainEngine, Mirror::Release, Mirror::PlainDefault],
+const MIRROR_ORDERS: [[Mirror; 4]; 4] = {
+    use Mirror::*;
+    [
+        [Release, PlainDefault, PlainEngine, PlainPrevious],
+        [PlainDefault, PlainEngine, PlainPrevious, Release],
+        [PlainEngine, PlainPrevious, Release, PlainDefault],
+        [PlainPrevious, Release, PlainDefault, PlainEngine],
+    ]
+};
+
+/// The engine's flags before the sweep of 2026-12-03 added `--s3-no-head` and
+/// `FRESH_DOWNLOAD_FLAGS`: the "before" of issue 14's first-restore goal, timed in the
+/// same run as the engine's flags of today.
+const PREVIOUS_FLAGS: &[&str] = &[
+    "--use-json-log",
+    "--log-level",
+    "NOTICE",
+    "--stats",
+    "1h",
+    "--stats-log-level",
+    "NOTICE",
+    "--checksum",
+    "--fast-list",
+    "--transfers",
+    "16",
+    "--checkers",
+    "16",
+    "--retries",
+    "3",
+    "--retries-sleep",
+    "1s",
+    "--low-level-retries",
+    "10",
+    "--contimeout",
+    "10s",
+    "--skip-links",
 ];
 
 /// What every sample uses, and the failures met on the way.
 struct Bench<'a> {
     daemon: &'a SyncDaemon,
     rclone: &'a Rclone,
+    /// `BASE_FLAGS`: uploads and mirrors.
     engine_flags: &'a [String],
+    /// `BASE_FLAGS` + `FRESH_DOWNLOAD_FLAGS`: what the engine restores with.
+    download_flags: &'a [String],
+    previous_flags: &'a [String],
     s3: &'a S3Server,
     failures: Vec<String>,
 }
@@ -346,6 +397,7 @@ async fn one_sample(
     work: &Path,
 ) -> BenchResult<Sample> {
     let (daemon, s3, engine_flags) = (bench.daemon, bench.s3, bench.engine_flags);
+    let (download_flags, previous_flags) = (bench.download_flags, bench.previous_flags);
     daemon.wait_settled(0).await?;
     let mut s = Sample {
         tenant: tenant.to_owned(),
@@ -354,6 +406,7 @@ async fn one_sample(
     let remote = format!("boilerhouse:{BUCKET}/tenants/{tenant}/");
     let dl_default = user_dir(work, "default")?;
     let dl_engine = user_dir(work, "engine")?;
+    let dl_previous = user_dir(work, "previous")?;
     let no_flags: &[String] = &[];
 
     s.version = bench
@@ -371,7 +424,7 @@ async fn one_sample(
         .await?;
 
     let mut container = String::new();
-    for restore in RESTORE_ORDERS[index % 3] {
+    for restore in RESTORE_ORDERS[index % 4] {
         let (dir, flags, slot, what) = match restore {
             Restore::Claim => {
                 let (elapsed, name) = bench
@@ -383,7 +436,10 @@ async fn one_sample(
                 continue;
             }
             Restore::PlainDefault => (&dl_default, no_flags, &mut s.dl_default, "default"),
-            Restore::PlainEngine => (&dl_engine, engine_flags, &mut s.dl_engine, "engine"),
+            Restore::PlainEngine => (&dl_engine, download_flags, &mut s.dl_engine, "engine"),
+            Restore::PlainPrevious => {
+                (&dl_previous, previous_flags, &mut s.dl_previous, "previous")
+            }
         };
         let what = format!("plain rclone copy of {tenant} into an empty dir ({what} flags)");
         // Empty again before a rerun, so it downloads everything.
@@ -430,10 +486,19 @@ async fn one_sample(
             &[0],
         )
         .await?;
+    s.up_previous = bench
+        .rclone(
+            &format!("{what} (previous flags)"),
+            &copy(&dl_previous, &new_prefix("previous")),
+            previous_flags,
+            &[0],
+        )
+        .await?;
     touch_all(&dl_default)?;
     touch_all(&dl_engine)?;
+    touch_all(&dl_previous)?;
 
-    for mirror in MIRROR_ORDERS[index % 3] {
+    for mirror in MIRROR_ORDERS[index % 4] {
         let (dir, name, flags) = match mirror {
             Mirror::Release => {
                 (s.release, ()) = bench
@@ -447,6 +512,7 @@ async fn one_sample(
             }
             Mirror::PlainDefault => (&dl_default, "default", no_flags),
             Mirror::PlainEngine => (&dl_engine, "engine", engine_flags),
+            Mirror::PlainPrevious => (&dl_previous, "previous", previous_flags),
         };
         let old_objects = format!("boilerhouse:{BUCKET}/mirror/{tenant}/{name}/");
         let mut args = copy(dir, &old_objects);
@@ -462,7 +528,8 @@ async fn one_sample(
         expect_files(&objects, FILE_SIZE + 3, &what)?;
         match mirror {
             Mirror::PlainDefault => s.sync_default = elapsed,
-            _ => s.sync_engine = elapsed,
+            Mirror::PlainEngine => s.sync_engine = elapsed,
+            _ => s.sync_previous = elapsed,
         }
     }
 
@@ -938,6 +1005,16 @@ fn engine_flags() -> Vec<String> {
         .collect()
 }
 
+/// What the engine restores a claim with: `BASE_FLAGS` and, the state dir being
+/// empty, `FRESH_DOWNLOAD_FLAGS`.
+fn engine_download_flags() -> Vec<String> {
+    boilerhouse::sync::BASE_FLAGS
+        .iter()
+        .chain(boilerhouse::sync::FRESH_DOWNLOAD_FLAGS)
+        .map(|s| s.to_string())
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------
 // Files.
 
@@ -1181,8 +1258,14 @@ fn report(
         },
         Row {
             key: "engine_download",
-            label: "plain `rclone copy` remote → empty dir, engine flags",
+            label: "plain `rclone copy` remote → empty dir, engine flags (of a restore)",
             series: col(|s| s.dl_engine),
+            reference: Some(("previous_download", "previous flags")),
+        },
+        Row {
+            key: "previous_download",
+            label: "plain `rclone copy` remote → empty dir, the engine's previous flags",
+            series: col(|s| s.dl_previous),
             reference: Some(("plain_download", "default flags")),
         },
         Row {
@@ -1195,6 +1278,12 @@ fn report(
             key: "engine_upload",
             label: "plain `rclone copy` local → new prefix, engine flags",
             series: col(|s| s.up_engine),
+            reference: Some(("previous_upload", "previous flags")),
+        },
+        Row {
+            key: "previous_upload",
+            label: "plain `rclone copy` local → new prefix, the engine's previous flags",
+            series: col(|s| s.up_previous),
             reference: Some(("plain_upload", "default flags")),
         },
         Row {
@@ -1209,6 +1298,13 @@ fn report(
             label:
                 "plain `rclone sync` of 1,000 changed files onto their old objects, engine flags",
             series: col(|s| s.sync_engine),
+            reference: Some(("previous_sync", "previous flags")),
+        },
+        Row {
+            key: "previous_sync",
+            label:
+                "plain `rclone sync` of 1,000 changed files onto their old objects, the engine's previous flags",
+            series: col(|s| s.sync_previous),
             reference: Some(("plain_sync", "default flags")),
         },
         Row {
@@ -1381,10 +1477,59 @@ fn report(
             ));
         }
     }
+    // Issue 14's goal for first restores and uploads: the engine's flags against its
+    // previous ones (<= 0.7x), for the plain transfers and for the daemon's claim and
+    // release (which add the daemon's own share to today's flags).
+    for (op, reference, what) in [
+        (
+            "engine_download",
+            "previous_download",
+            "first restore, plain `rclone copy`: engine flags vs previous flags",
+        ),
+        (
+            "claim",
+            "previous_download",
+            "first restore, the daemon's claim vs a plain `rclone copy` with the previous flags",
+        ),
+        (
+            "engine_upload",
+            "previous_upload",
+            "upload to a new prefix: engine flags vs previous flags",
+        ),
+        (
+            "engine_sync",
+            "previous_sync",
+            "mirror of 1,000 changed files: engine flags vs previous flags",
+        ),
+        (
+            "release",
+            "previous_sync",
+            "release vs a plain `rclone sync` with the previous flags",
+        ),
+    ] {
+        if let (Some(r50), Some(r90), Some(rp)) = (
+            ratio(op, reference, |s| s.p50),
+            ratio(op, reference, |s| s.p90),
+            paired(op, reference),
+        ) {
+            let met = r50 <= 0.7;
+            findings.push(format!(
+                "{what}: {r50:.2}× at p50, {r90:.2}× at p90, {rp:.2}× paired per sample \
+                 (goal ≤ 0.7× at p50): **{}**",
+                if met { "met" } else { "missed" }
+            ));
+            targets.push(json!({
+                "name": what,
+                "goal": "<= 0.7x at p50",
+                "measured": round3(r50),
+                "measured_p90": round3(r90),
+                "measured_paired": round3(rp),
+                "met": met,
+            }));
+        }
+    }
     // Issue 14's goal: a returning tenant at p50 <= 50 ms and >= 30x faster than a
-    // claim that downloads. (Its other goal, a first restore <= 0.7x of the flags of
-    // that day, compares two flag sets; the engine's flags were measured and kept, so
-    // there is no second set here to time — docs/performance.md has the sweep.)
+    // claim that downloads.
     if let (Some(ret), Some(claim)) = (summaries.get("returning"), summaries.get("claim")) {
         let speedup = claim.p50.as_secs_f64() / ret.p50.as_secs_f64().max(1e-9);
         let met = ret.p50 <= Duration::from_millis(50) && speedup >= 30.0;

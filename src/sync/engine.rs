@@ -289,6 +289,7 @@ impl SyncEngine {
             src,
             dst,
             mapping.pattern.as_deref(),
+            op == SyncOp::Download && local_state != LocalState::NonEmpty,
             &ctx.spec.sink.rclone_flags,
         );
         tracing::debug!(tenant, path = %mapping.path, %op, verb, remote = %remote, "rclone starting");

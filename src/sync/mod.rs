@@ -47,7 +47,7 @@ pub use cache::{Copied, Miss, MissReason, RestoreSource, StateCache};
 pub use engine::SyncEngine;
 pub use listing::Lister;
 pub use local::run_as;
-pub use rclone::BASE_FLAGS;
+pub use rclone::{BASE_FLAGS, FRESH_DOWNLOAD_FLAGS};
 pub use status::{ClaimSync, SyncState, SyncStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -74,7 +74,25 @@ pub const BASE_FLAGS: &[&str] = &[
     "10s",
     // Symlinks are never followed (rclone's default); this only silences the notice.
     "--skip-links",
+    // An upload is not followed by a HEAD of each object it wrote: rclone still checks
+    // the MD5 it sent against the ETag of the PUT's answer (a single-part upload), so a
+    // corrupted upload still fails. Measured on 1,000 files of 10 KiB against the test
+    // endpoint, paired runs on a quiet machine: 1,000 fewer requests, 0.80× the time.
+    "--s3-no-head",
 ];
+
+/// Added to a download into a directory that is missing or empty (every restore of
+/// a claim): with nothing at the destination there is nothing to compare
+/// (`--no-check-dest` skips listing and statting it), and a failed restore fails the
+/// claim, whose container and directories are then removed, so a file need not be
+/// written aside and renamed (`--inplace`) nor its space reserved first
+/// (`--local-no-preallocate`). Measured like `--s3-no-head`: 0.82× a download with
+/// `BASE_FLAGS` alone (3,000 fewer syscalls: rename, fallocate and the destination's
+/// stats). A manual `download` sync into a live tenant's empty mapping that fails
+/// leaves files cut short where it would have left `*.partial` ones; the call answers
+/// the failure either way.
+pub const FRESH_DOWNLOAD_FLAGS: &[&str] =
+    &["--no-check-dest", "--inplace", "--local-no-preallocate"];
 
 /// Variables passed through from the daemon's environment to rclone.
 pub(super) const PASS_THROUGH: &[&str] = &[
@@ -163,15 +181,20 @@ pub(super) fn secret_values(sink: &SinkSpec) -> Vec<String> {
 /// name at any depth (`*.db`), with a leading `/` it is anchored at the mapping's
 /// root, `**` crosses directories. In `sync` mode only matching files are deleted at
 /// the destination.
+/// `fresh`: a download into a missing or empty directory (`FRESH_DOWNLOAD_FLAGS`).
 pub(super) fn transfer_args(
     verb: &str,
     src: &OsStr,
     dst: &OsStr,
     pattern: Option<&str>,
+    fresh: bool,
     extra: &[String],
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![verb.into(), src.into(), dst.into()];
     args.extend(BASE_FLAGS.iter().map(OsString::from));
+    if fresh {
+        args.extend(FRESH_DOWNLOAD_FLAGS.iter().map(OsString::from));
+    }
     if let Some(pattern) = pattern {
         args.extend(["--include".into(), pattern.into()]);
     }

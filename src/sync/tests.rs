@@ -119,15 +119,37 @@ fn env_describes_the_remote_and_argv_carries_no_secret() {
         OsStr::new("/state/c1"),
         OsStr::new(&remote_path(&s, "alice", "")),
         Some("*.db"),
+        false,
         &s.rclone_flags,
     );
     let argv: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
     for secret in secret_values(&s) {
         assert!(argv.iter().all(|a| !a.contains(&secret)), "{argv:?}");
     }
+    // The sink's settings travel in the environment; the only S3 options on the
+    // command line are the engine's own, the same for every sink.
     assert!(argv
         .iter()
-        .all(|a| !a.starts_with("--s3-") && !a.starts_with(":s3")));
+        .all(|a| !a.starts_with(":s3")
+            && (!a.starts_with("--s3-") || BASE_FLAGS.contains(&a.as_str()))));
+    // An upload is no fresh download.
+    assert!(FRESH_DOWNLOAD_FLAGS
+        .iter()
+        .all(|f| !argv.iter().any(|a| a == f)));
+    let fresh = transfer_args(
+        "copy",
+        OsStr::new(&remote_path(&s, "alice", "")),
+        OsStr::new("/state/c1"),
+        None,
+        true,
+        &s.rclone_flags,
+    );
+    let fresh: Vec<String> = fresh.iter().map(|a| a.to_string_lossy().into()).collect();
+    for flag in FRESH_DOWNLOAD_FLAGS {
+        assert!(fresh.iter().any(|a| a == flag), "{flag} missing: {fresh:?}");
+    }
+    // Still before the operator's flags, which can override them.
+    assert_eq!(&fresh[fresh.len() - 2..], ["--bwlimit", "10M"]);
     assert_eq!(
         &argv[..3],
         [

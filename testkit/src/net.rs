@@ -2,10 +2,44 @@
 //! normalise.
 
 /// A free loopback port (the caller binds it a moment later).
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), never from it:
+/// between this check and the caller's bind, any outgoing connection of the machine
+/// (rclone's sixteen transfers, a Docker client) may be given an ephemeral port as its
+/// local end, and a fixture that then binds it fails with "address in use" (seen:
+/// the S3 fixture's proxy in `tests/crash.rs`). Ports are handed out in turn from a
+/// random start, so one process never gets the same one twice; cargo runs one test
+/// binary at a time.
 pub fn try_free_port() -> std::io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span < 1_000 {
+        // No room below the ephemeral range: let the kernel pick.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port());
+    }
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        rand::random_range(0..span),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let mut last = None;
+    for _ in 0..span.min(5_000) {
+        let port = (LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port tried")))
 }
 
 /// [`try_free_port`] for tests: panics when there is none.
