@@ -18,7 +18,7 @@
 //!   counted in the container's state directory), and plain `rclone copy` remote →
 //!   empty dir with rclone's default flags, with the engine's (`BASE_FLAGS` +
 //!   `FRESH_DOWNLOAD_FLAGS`, as it restores a claim) and with the engine's previous
-//!   flags (`PREVIOUS_FLAGS`, before the sweep of 2026-12-03);
+//!   flags (`previous_flags()`, before the sweep of 2026-12-03);
 //! - every file is changed from inside the container (`docker exec`, not timed); the
 //!   three plain copies are uploaded to new prefixes `new/<tenant>/…` (default /
 //!   engine / previous flags), then changed the same way;
@@ -128,7 +128,7 @@ async fn run() -> BenchResult<()> {
     let run_as = running_as_root().then_some(USER);
     let engine_flags = engine_flags();
     let download_flags = engine_download_flags();
-    let previous_flags: Vec<String> = PREVIOUS_FLAGS.iter().map(|s| s.to_string()).collect();
+    let previous_flags = previous_flags();
     let rclone = Rclone {
         bin: rclone_bin.clone(),
         env: remote_env(&s3),
@@ -296,33 +296,15 @@ const MIRROR_ORDERS: [[Mirror; 4]; 4] = {
     ]
 };
 
-/// The engine's flags before the sweep of 2026-12-03 added `--s3-no-head` and
-/// `FRESH_DOWNLOAD_FLAGS`: the "before" of issue 14's first-restore goal, timed in the
-/// same run as the engine's flags of today.
-const PREVIOUS_FLAGS: &[&str] = &[
-    "--use-json-log",
-    "--log-level",
-    "NOTICE",
-    "--stats",
-    "1h",
-    "--stats-log-level",
-    "NOTICE",
-    "--checksum",
-    "--fast-list",
-    "--transfers",
-    "16",
-    "--checkers",
-    "16",
-    "--retries",
-    "3",
-    "--retries-sleep",
-    "1s",
-    "--low-level-retries",
-    "10",
-    "--contimeout",
-    "10s",
-    "--skip-links",
-];
+/// The engine's flags before the sweep of 2026-12-03 added `--s3-no-head` (and
+/// `FRESH_DOWNLOAD_FLAGS`, which the downloads here leave out): the "before" of issue
+/// 14's first-restore goal, timed in the same run as today's flags.
+fn previous_flags() -> Vec<String> {
+    engine_flags()
+        .into_iter()
+        .filter(|f| f != "--s3-no-head")
+        .collect()
+}
 
 /// What every sample uses, and the failures met on the way.
 struct Bench<'a> {
