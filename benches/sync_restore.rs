@@ -1192,9 +1192,9 @@ fn report(
         },
         Row {
             key: "claim_rclone",
-            label: "  rclone inside the daemon (download)",
+            label: "  the transfer inside the daemon (download: its own S3 client)",
             series: col(|s| s.claim_rclone),
-            reference: Some(("engine_download", "same flags")),
+            reference: Some(("engine_download", "rclone, engine flags")),
         },
         Row {
             key: "claim_daemon",
@@ -1510,23 +1510,34 @@ fn report(
             }));
         }
     }
-    // Issue 14's goal: a returning tenant at p50 <= 50 ms and >= 30x faster than a
-    // claim that downloads.
-    if let (Some(ret), Some(claim)) = (summaries.get("returning"), summaries.get("claim")) {
-        let speedup = claim.p50.as_secs_f64() / ret.p50.as_secs_f64().max(1e-9);
+    // Issue 14's goal: a returning tenant at p50 <= 50 ms and >= 30x faster than
+    // "today", the claim before issue 14: it downloaded with rclone at 1.00-1.01x a
+    // plain `rclone copy` with the flags of then, so that copy (same run) stands for
+    // it. Against this run's downloading claim (the engine's own download since) the
+    // factor is printed too.
+    if let (Some(ret), Some(before), Some(claim)) = (
+        summaries.get("returning"),
+        summaries.get("previous_download"),
+        summaries.get("claim"),
+    ) {
+        let speedup = before.p50.as_secs_f64() / ret.p50.as_secs_f64().max(1e-9);
+        let vs_claim = claim.p50.as_secs_f64() / ret.p50.as_secs_f64().max(1e-9);
         let met = ret.p50 <= Duration::from_millis(50) && speedup >= 30.0;
         findings.push(format!(
             "returning tenant (cache hit): p50 {}, p90 {}, {speedup:.0}× faster than a \
-             claim that downloads (goal ≤ 50 ms and ≥ 30×): **{}**",
+             claim before issue 14 (a plain `rclone copy` with the previous flags; goal \
+             ≤ 50 ms and ≥ 30×): **{}**; {vs_claim:.0}× faster than this run's claim that \
+             downloads",
             fmt_ms(ret.p50),
             fmt_ms(ret.p90),
             if met { "met" } else { "missed" }
         ));
         targets.push(json!({
             "name": "returning tenant's claim (cache hit)",
-            "goal": "<= 50 ms at p50 and >= 30x faster than a downloading claim",
+            "goal": "<= 50 ms at p50 and >= 30x faster than a claim before issue 14",
             "measured_p50_ms": ms(ret.p50),
             "speedup": round3(speedup),
+            "speedup_vs_this_runs_download": round3(vs_claim),
             "met": met,
         }));
     }

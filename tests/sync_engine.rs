@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use boilerhouse::sync::{ClaimSync, SyncEngine, SyncError, SyncOp, SyncState};
 use boilerhouse::workload::spec::{SyncDirection, SyncMode};
-use boilerhouse_testkit::s3::{rclone_bin, S3Server};
+use boilerhouse_testkit::s3::{rclone_bin, Faults, S3Server};
 use boilerhouse_testkit::{eventually, file_tree};
 
 mod common;
@@ -739,4 +739,195 @@ fn processes_naming(needle: &str) -> Vec<u32> {
                 .unwrap_or(false)
         })
         .collect()
+}
+
+/// Mode, owner and modification time of every file and directory below `dir`.
+fn attributes(dir: &Path) -> BTreeMap<String, (u32, u32, u32, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+            let rel = entry
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .display()
+                .to_string();
+            // A directory's mtime changes as entries are made in it: only files'.
+            let (secs, nanos) = match meta.is_dir() {
+                true => (0, 0),
+                false => (meta.mtime(), meta.mtime_nsec()),
+            };
+            out.insert(
+                rel,
+                (meta.mode() & 0o7777, meta.uid(), meta.gid(), secs, nanos),
+            );
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+/// A download into an empty dir is the engine's own (no rclone process) on a sink
+/// its resident client reaches, and gives exactly what rclone gives: names (spaces,
+/// `&`, non-ASCII), contents (an empty file, one of several HTTP frames), modes,
+/// owner, modification times to the nanosecond. `rclone_flags` hand it to rclone.
+#[tokio::test]
+async fn the_engines_own_download_gives_what_rclone_gives() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test downloads as another user and must run as root (CI does)"
+    );
+    let (uid, gid) = (4242, 4243);
+    let owner = Some((uid, gid));
+    let s3 = S3Server::start_new().await;
+    let spec = s3.mirror_spec(BUCKET);
+    let source = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let files: [(&str, &[u8]); 5] = [
+        ("notes.txt", b"hello"),
+        ("deep/nested/dir/data.bin", &big),
+        ("with space & ampersand.txt", b"a&b"),
+        ("\u{fc}n\u{ef}code/stra\u{df}e.txt", b"non-ascii"),
+        ("deep/empty", b""),
+    ];
+    for (i, (rel, content)) in files.iter().enumerate() {
+        let path = source.path().join(rel);
+        write(&path, content);
+        let mtime = std::time::UNIX_EPOCH + Duration::new(1_600_000_000 + i as u64, 123_456_789);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+    engine()
+        .run(&spec, "alice", source.path(), SyncOp::Upload, None)
+        .await
+        .expect("upload");
+
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("runs");
+    // rclone runs as the workload's user, and so does the wrapper that logs it.
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let counting = wrapper(work.path(), &format!("echo run >> '{}'", log.display()));
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+
+    // State dirs as the daemon makes them: 0700, owned by the workload's user.
+    let state_dir = || {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        dir
+    };
+    let own = state_dir();
+    let before = s3.proxy_stats().daemon_requests();
+    let results = engine_with(counting.clone(), Duration::from_secs(60))
+        .run(&spec, "alice", own.path(), SyncOp::Download, owner)
+        .await
+        .expect("the engine's own download");
+    assert_eq!(
+        runs(),
+        0,
+        "no rclone process for a download into an empty dir"
+    );
+    assert_eq!(results[0].files_transferred, 5, "{results:?}");
+    assert_eq!(results[0].bytes_transferred, 300_017, "{results:?}");
+    assert_eq!(
+        s3.proxy_stats().daemon_requests() - before,
+        6,
+        "one listing and one GET per object"
+    );
+
+    let mut by_rclone = spec.clone();
+    by_rclone.sink.rclone_flags = vec!["--transfers".into(), "16".into()];
+    let theirs = state_dir();
+    engine_with(counting, Duration::from_secs(60))
+        .run(&by_rclone, "alice", theirs.path(), SyncOp::Download, owner)
+        .await
+        .expect("rclone's download");
+    assert_eq!(runs(), 1, "a sink with rclone_flags downloads with rclone");
+
+    assert_eq!(file_tree(own.path()), file_tree(source.path()));
+    assert_eq!(file_tree(own.path()), file_tree(theirs.path()));
+    assert_eq!(attributes(own.path()), attributes(theirs.path()));
+    let uploaded = attributes(source.path());
+    for (rel, (mode, file_uid, file_gid, secs, nanos)) in attributes(own.path()) {
+        let (.., src_secs, src_nanos) = uploaded[&rel];
+        assert_eq!((secs, nanos), (src_secs, src_nanos), "{rel}: mtime");
+        assert_eq!((file_uid, file_gid), (uid, gid), "{rel}: owner");
+        assert_eq!(mode & 0o022, 0o022 & !umask(), "{rel}: mode {mode:o}");
+    }
+}
+
+fn umask() -> u32 {
+    // SAFETY: umask has no preconditions; it is set back at once.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old
+    }
+}
+
+/// The engine's own download failing half-way (its GETs refused after a few) leaves
+/// nothing behind — a mapping dir it had to create is gone again when rclone starts
+/// — and rclone then restores everything.
+#[tokio::test]
+async fn an_own_download_failing_half_way_is_undone_and_rclone_restores_it() {
+    let s3 = S3Server::start_with(true, Faults::daemon_gets_fail_after(5)).await;
+    let spec = s3.sync_spec(
+        BUCKET,
+        vec![mapping(
+            "/sub/dir",
+            SyncDirection::Bidirectional,
+            SyncMode::Sync,
+            None,
+        )],
+    );
+    for i in 0..40 {
+        s3.seed(
+            BUCKET,
+            "bob",
+            &format!("sub/dir/d{}/f{i}", i % 4),
+            format!("{i}").as_bytes(),
+        );
+    }
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("seen");
+    let sub = state.path().join("sub");
+    let watching = wrapper(
+        work.path(),
+        &format!("ls -A '{}' >> '{}' 2>&1", sub.display(), log.display()),
+    );
+    engine_with(watching, Duration::from_secs(60))
+        .run(&spec, "bob", state.path(), SyncOp::Download, None)
+        .await
+        .expect("rclone takes over");
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        seen.contains("No such file or directory"),
+        "rclone started with the mapping dir gone again: {seen:?}"
+    );
+    assert!(
+        s3.proxy_stats().daemon_requests() > 5,
+        "the own download was tried"
+    );
+    assert!(s3.proxy_stats().rclone_requests() > 0);
+    assert_eq!(
+        file_tree(&state.path().join("sub/dir")),
+        file_tree(&s3.object_path(BUCKET, "bob", "sub/dir"))
+    );
+    assert_eq!(boilerhouse_testkit::listing(state.path()).len(), 40);
 }

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use super::cache::StateCache;
 use super::endpoint::*;
-use super::listing::{parse_lsjson, RemoteObject};
+use super::fetch::{fetch, FetchError};
+use super::listing::{parse_lsjson, Lister, RemoteObject};
 use super::local::*;
 use super::rclone::*;
 use super::{SyncError, SyncOp, TransferResult, VersionError, VERSION_TIMEOUT};
@@ -31,6 +32,8 @@ pub struct SyncEngine {
 
 struct EngineInner {
     rclone_bin: PathBuf,
+    /// The resident S3 client of the engine's own downloads (see [`super::fetch`]).
+    lister: Lister,
     permits: Semaphore,
     timeout: Duration,
 }
@@ -85,6 +88,7 @@ impl SyncEngine {
         Self {
             inner: Arc::new(EngineInner {
                 rclone_bin,
+                lister: Lister::default(),
                 permits: Semaphore::new(concurrency.max(1)),
                 timeout,
             }),
@@ -280,6 +284,15 @@ impl SyncEngine {
             }
         };
 
+        if op == SyncOp::Download && local_state != LocalState::NonEmpty {
+            if let Some(done) = self
+                .own_download(ctx, mapping, &rel, started, deadline)
+                .await
+            {
+                return Ok(done);
+            }
+        }
+
         let (src, dst): (&OsStr, &OsStr) = match op {
             SyncOp::Upload => (local.as_os_str(), OsStr::new(&remote)),
             SyncOp::Download => (OsStr::new(&remote), local.as_os_str()),
@@ -342,6 +355,60 @@ impl SyncEngine {
             files_transferred: stats.transfers,
             errors,
         })
+    }
+
+    /// The engine's own download of a mapping into an empty dir (see
+    /// [`super::fetch`]); None when rclone is to do it: not tried, or failed and
+    /// undone (rclone then says in its own words whether the failure is real).
+    async fn own_download(
+        &self,
+        ctx: &RunCtx<'_>,
+        mapping: &SyncMapping,
+        rel: &str,
+        started: Instant,
+        deadline: Instant,
+    ) -> Option<TransferResult> {
+        let tenant = ctx.tenant;
+        let created = super::fetch::first_missing(&ctx.state_dir, rel);
+        let fetched = fetch(
+            &self.inner.lister,
+            &ctx.spec.sink,
+            tenant,
+            mapping,
+            rel,
+            &ctx.state_dir,
+            ctx.run_as,
+        );
+        let failed = match tokio::time::timeout_at(deadline, fetched).await {
+            Ok(Ok(done)) => {
+                let elapsed_ms = started.elapsed().as_millis();
+                tracing::info!(tenant, path = %mapping.path, op = %ctx.op, bytes = done.bytes, files = done.files, elapsed_ms, by = "engine", "sync done");
+                return Some(TransferResult {
+                    path: mapping.path.clone(),
+                    direction: ctx.op,
+                    success: true,
+                    bytes_transferred: done.bytes,
+                    files_transferred: done.files,
+                    errors: Vec::new(),
+                });
+            }
+            Ok(Err(FetchError::NotStarted(why))) => {
+                tracing::debug!(tenant, path = %mapping.path, why, "download by rclone");
+                return None;
+            }
+            Ok(Err(FetchError::Failed(e))) => e,
+            Err(_) => {
+                // Cancelled mid-way: its files are undone here.
+                let (dir, rel) = (ctx.state_dir.clone(), rel.to_owned());
+                let _ = tokio::task::spawn_blocking(move || {
+                    super::fetch::undo(&dir, &rel, created.as_deref())
+                })
+                .await;
+                "the sync timeout passed".to_owned()
+            }
+        };
+        tracing::info!(tenant, path = %mapping.path, error = %failed, "the engine's own download failed; rclone does it");
+        None
     }
 
     /// Does the remote hold anything for this mapping? A missing bucket or prefix (or

@@ -37,6 +37,8 @@ use crate::workload::spec::{SinkSpec, SyncMapping};
 /// How long one listing request may take before the check counts as failed (and
 /// the claim downloads as it would without a cache).
 const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of one listing page answered `5xx`/`429` (100, 200 ms apart).
+const LIST_ATTEMPTS: u32 = 3;
 
 /// One object as the cache compares it; `key` is relative to the mapping's prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,14 +73,14 @@ impl Default for Lister {
 }
 
 /// A sink the resident client can list: `http://host[:port]` endpoint, static keys.
-struct Target {
+pub(super) struct Target {
     authority: String,
     access_key: String,
     secret_key: String,
     region: String,
 }
 
-fn target(sink: &SinkSpec, env: impl Fn(&str) -> Option<OsString>) -> Option<Target> {
+pub(super) fn target(sink: &SinkSpec, env: impl Fn(&str) -> Option<OsString>) -> Option<Target> {
     let endpoint = sink.endpoint.as_deref()?;
     // `endpoint_address` is None behind a proxy, where rclone would not connect here.
     endpoint_address(sink, env)?;
@@ -146,7 +148,7 @@ impl Lister {
         Some(Ok(listing))
     }
 
-    async fn list_prefix(
+    pub(super) async fn list_prefix(
         &self,
         target: &Target,
         bucket: &str,
@@ -159,7 +161,7 @@ impl Lister {
             if let Some(t) = &token {
                 query.push(("continuation-token", t.clone()));
             }
-            let body = self.get(target, bucket, &mut query).await?;
+            let body = self.get_page(target, bucket, &mut query).await?;
             let page = parse_page(&body, prefix)?;
             objects.extend(page.objects);
             match page.next {
@@ -171,12 +173,66 @@ impl Lister {
         Ok(objects)
     }
 
-    async fn get(
+    /// Starts a GET of one object (`key` is the whole key, not URI-encoded); the
+    /// caller reads the body. Bounded by the connect timeout only: the caller bounds
+    /// the transfer.
+    pub(super) async fn get_object(
+        &self,
+        target: &Target,
+        bucket: &str,
+        key: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ObjectError> {
+        let path = format!("/{}/{}", uri_encode(bucket, true), uri_encode(key, false));
+        let request = signed_get(target, &path, "").map_err(|e| ObjectError {
+            refused: false,
+            detail: format!("cannot build the request for {path}: {e}"),
+        })?;
+        self.client.request(request).await.map_err(|e| {
+            use std::error::Error;
+            let mut refused = false;
+            let mut source = e.source();
+            while let Some(s) = source {
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+                }
+                source = s.source();
+            }
+            let cause = e.source().map(|s| format!(": {s}")).unwrap_or_default();
+            ObjectError {
+                refused,
+                detail: format!("GET {path} failed: {e}{cause}"),
+            }
+        })
+    }
+
+    /// One page, retried like rclone's SDK would retry it: a `5xx` or `429` answer
+    /// (real S3's `503 SlowDown`, `500 InternalError`) up to [`LIST_ATTEMPTS`] times.
+    async fn get_page(
         &self,
         target: &Target,
         bucket: &str,
         query: &mut [(&str, String)],
     ) -> Result<String, String> {
+        let mut attempt = 1;
+        loop {
+            match self.get(target, bucket, query).await {
+                Err((true, e)) if attempt < LIST_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "listing retried");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    attempt += 1;
+                }
+                answer => return answer.map_err(|(_, e)| e),
+            }
+        }
+    }
+
+    /// One request; the error says whether it is worth repeating.
+    async fn get(
+        &self,
+        target: &Target,
+        bucket: &str,
+        query: &mut [(&str, String)],
+    ) -> Result<String, (bool, String)> {
         query.sort();
         let query = query
             .iter()
@@ -184,17 +240,13 @@ impl Lister {
             .collect::<Vec<_>>()
             .join("&");
         let path = format!("/{}", uri_encode(bucket, true));
-        let now = chrono::Utc::now();
-        let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
-        let authorization = sign(target, &path, &query, &amz_date);
         let uri = format!("http://{}{path}?{query}", target.authority);
-        let request = hyper::Request::get(&uri)
-            .header("host", &target.authority)
-            .header("x-amz-date", &amz_date)
-            .header("x-amz-content-sha256", EMPTY_SHA256)
-            .header("authorization", authorization)
-            .body(Empty::new())
-            .map_err(|e| format!("cannot build the listing request for {uri}: {e}"))?;
+        let request = signed_get(target, &path, &query).map_err(|e| {
+            (
+                false,
+                format!("cannot build the listing request for {uri}: {e}"),
+            )
+        })?;
         let answer = async {
             let response = self.client.request(request).await.map_err(|e| {
                 use std::error::Error;
@@ -212,14 +264,46 @@ impl Lister {
         };
         let (status, body) = tokio::time::timeout(LIST_TIMEOUT, answer)
             .await
-            .map_err(|_| format!("listing {uri} took over {LIST_TIMEOUT:?}"))?
-            .map_err(|e| format!("listing {uri} failed: {e}"))?;
+            .map_err(|_| (false, format!("listing {uri} took over {LIST_TIMEOUT:?}")))?
+            .map_err(|e| (false, format!("listing {uri} failed: {e}")))?;
         if !status.is_success() {
             let code = capture(&ERROR_CODE, &body).unwrap_or_default();
-            return Err(format!("listing {uri} answered {status} {code}"));
+            let again = status.is_server_error() || status.as_u16() == 429;
+            return Err((again, format!("listing {uri} answered {status} {code}")));
         }
         Ok(body)
     }
+}
+
+/// A SigV4-signed GET of `path` (already URI-encoded) with a canonical `query`.
+fn signed_get(
+    target: &Target,
+    path: &str,
+    query: &str,
+) -> Result<hyper::Request<Empty<Bytes>>, hyper::http::Error> {
+    let amz_date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let authorization = sign(target, path, query, &amz_date);
+    let uri = match query {
+        "" => format!("http://{}{path}", target.authority),
+        q => format!("http://{}{path}?{q}", target.authority),
+    };
+    hyper::Request::get(uri)
+        .header("host", &target.authority)
+        .header("x-amz-date", &amz_date)
+        .header("x-amz-content-sha256", EMPTY_SHA256)
+        .header("authorization", authorization)
+        .header("user-agent", USER_AGENT)
+        .body(Empty::new())
+}
+
+/// Names the daemon in the endpoint's access logs (rclone sends `rclone/<version>`).
+pub const USER_AGENT: &str = concat!("boilerhouse/", env!("CARGO_PKG_VERSION"));
+
+/// A GET that got no answer; `refused` when the endpoint refused the connection.
+#[derive(Debug)]
+pub(super) struct ObjectError {
+    pub refused: bool,
+    pub detail: String,
 }
 
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -1,6 +1,9 @@
 //! The local side: tenant ids and mapping paths as storage paths, the state of a
 //! mapping's local directory (never through a symlink), and the identity rclone runs as.
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::rclone::REMOTE;
@@ -107,4 +110,70 @@ pub fn run_as(owner: Option<(u32, u32)>) -> Option<(u32, u32)> {
 pub(super) fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A key rclone would write under the same name: plain segments, no control
+/// characters, none of the characters rclone's encoders substitute.
+pub(super) fn plain_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
+        && key.chars().all(|c| {
+            !c.is_control()
+                && c != '\\'
+                && !matches!(c, '\u{FF00}'..='\u{FFEF}' | '\u{2400}'..='\u{243F}' | '\u{201B}')
+        })
+}
+
+/// Opens `base/rel` as a directory, creating what is missing (mode 0777 less the
+/// umask, owned by `run_as`, as a download makes them), never following a symlink.
+pub(super) fn open_dirs(
+    base: &Path,
+    rel: &str,
+    run_as: Option<(u32, u32)>,
+) -> Result<OwnedFd, String> {
+    let mut dir: OwnedFd = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(base)
+        .map_err(|e| format!("{}: {e}", base.display()))?
+        .into();
+    let mut path = base.to_owned();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        let name = CString::new(part).map_err(|_| format!("{}: a NUL byte", path.display()))?;
+        let open = |dir: &OwnedFd| {
+            // SAFETY: a valid descriptor and a NUL-terminated name; the result is
+            // checked before it is owned.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            };
+            // SAFETY: `fd` is a new descriptor nobody else owns.
+            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+        let next = match open(&dir) {
+            Some(fd) => fd,
+            None => {
+                // SAFETY: as above.
+                let made = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o777) } == 0;
+                let err = std::io::Error::last_os_error();
+                if !made && err.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(format!("cannot create {}: {err}", path.display()));
+                }
+                let fd = open(&dir).ok_or_else(|| format!("{} is in the way", path.display()))?;
+                if let (true, Some((uid, gid))) = (made, run_as) {
+                    std::os::unix::fs::fchown(&fd, Some(uid), Some(gid))
+                        .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
+                }
+                fd
+            }
+        };
+        dir = next;
+    }
+    Ok(dir)
 }

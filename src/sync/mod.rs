@@ -1,11 +1,14 @@
 //! State sync: runs rclone to move a tenant's state between its container's state
-//! directory and object storage (SPEC §6).
+//! directory and object storage (SPEC §6). A download into an empty directory from a
+//! plain-`http` sink is the engine's own, over a resident S3 client, with rclone as
+//! the fallback ([`fetch`]): a first restore of many small files is CPU-bound in rclone.
 //!
 //! This module owns how rclone is invoked — the remote described only through rclone's
 //! environment, the remote and local path of each mapping, the flags, the parsing of
 //! rclone's stats and errors, the node-wide cap on concurrent transfers, the timeout of
 //! each transfer — and the per-claim sync status. It does not decide *when* to sync
-//! (the pool does) and it never wipes anything itself.
+//! (the pool does) and it never wipes anything itself, but what its own failed download
+//! wrote into a directory that was empty.
 //!
 //! Rules kept here, each with the reason:
 //! - Credentials travel only in rclone's environment (`RCLONE_CONFIG_BOILERHOUSE_*`),
@@ -23,6 +26,10 @@
 //!   rclone follows symlinks in the middle of a path when it writes, and a tenant can
 //!   plant `state/x -> /etc`; as the workload's user it cannot reach anything the
 //!   tenant could not reach already, and what it downloads is owned by that user.
+//! - The engine's own download writes as the daemon, so it never follows a symlink:
+//!   directories are opened from the state dir down with `O_NOFOLLOW`, files created
+//!   with `O_EXCL | O_NOFOLLOW`, then given to the workload's user; a symlink the
+//!   container plants meanwhile fails it, and rclone (as the user) does the download.
 //! - Symlinks inside the state directory are never followed (rclone's default without
 //!   `-L`; `--skip-links` only silences the notice), and a mapping whose own path goes
 //!   through a symlink is refused.
@@ -30,6 +37,7 @@
 pub mod cache;
 mod endpoint;
 mod engine;
+mod fetch;
 mod listing;
 mod local;
 mod rclone;

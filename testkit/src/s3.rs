@@ -73,6 +73,10 @@ pub struct Faults {
     /// After this many requests the proxy stops listening and closes its connections,
     /// as an endpoint that goes away in the middle of a transfer (until restarted).
     pub vanish_after: Option<u64>,
+    /// GETs of objects by the daemon's own client (User-Agent `boilerhouse/…`) after
+    /// this many are answered `403 AccessDenied`; rclone's are served: the engine's
+    /// own download failing half-way, for rclone to take over.
+    pub daemon_gets_fail_after: Option<u64>,
 }
 
 impl Faults {
@@ -101,8 +105,18 @@ impl Faults {
         }
     }
 
+    pub fn daemon_gets_fail_after(gets: u64) -> Self {
+        Self {
+            daemon_gets_fail_after: Some(gets),
+            ..Self::default()
+        }
+    }
+
     fn any(&self) -> bool {
-        self.rate > 0.0 || self.first_put_fails || self.vanish_after.is_some()
+        self.rate > 0.0
+            || self.first_put_fails
+            || self.vanish_after.is_some()
+            || self.daemon_gets_fail_after.is_some()
     }
 }
 
@@ -114,6 +128,8 @@ pub struct ProxyStats {
     internal_error: AtomicU64,
     server_error: AtomicU64,
     puts_seen: Mutex<HashSet<String>>,
+    daemon_requests: AtomicU64,
+    rclone_requests: AtomicU64,
 }
 
 impl ProxyStats {
@@ -135,6 +151,16 @@ impl ProxyStats {
     /// Requests answered `500 InternalError` (random or first-PUT faults).
     pub fn internal_errors(&self) -> u64 {
         self.internal_error.load(Ordering::Relaxed)
+    }
+
+    /// Requests of the daemon's own S3 client (User-Agent `boilerhouse/…`).
+    pub fn daemon_requests(&self) -> u64 {
+        self.daemon_requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests of rclone (User-Agent `rclone/…`).
+    pub fn rclone_requests(&self) -> u64 {
+        self.rclone_requests.load(Ordering::Relaxed)
     }
 
     pub fn faults(&self) -> u64 {
@@ -503,12 +529,37 @@ impl Proxy {
 enum InjectedFault {
     SlowDown,
     InternalError,
+    AccessDenied,
 }
 
 impl ProxyState {
     /// Decides whether this request is answered with a fault instead of forwarded.
-    fn fault_for(&self, method: &axum::http::Method, path: &str) -> Option<InjectedFault> {
+    fn fault_for(
+        &self,
+        method: &axum::http::Method,
+        path: &str,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<InjectedFault> {
         let seen = self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let agent = headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if agent.starts_with("boilerhouse/") {
+            let n = self.stats.daemon_requests.fetch_add(1, Ordering::Relaxed) + 1;
+            let object_get =
+                method == axum::http::Method::GET && path.trim_start_matches('/').contains('/');
+            if object_get
+                && self
+                    .faults
+                    .daemon_gets_fail_after
+                    .is_some_and(|after| n > after)
+            {
+                return Some(InjectedFault::AccessDenied);
+            }
+        } else if agent.starts_with("rclone/") {
+            self.stats.rclone_requests.fetch_add(1, Ordering::Relaxed);
+        }
         if self.faults.vanish_after.is_some_and(|n| seen >= n) {
             self.vanish.notify_one();
         }
@@ -547,6 +598,11 @@ fn fault_response(fault: InjectedFault, path: &str) -> axum::response::Response 
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
             "We encountered an internal error. Please try again.",
+        ),
+        InjectedFault::AccessDenied => (
+            axum::http::StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Access Denied",
         ),
     };
     let request_id = random_string(16).to_uppercase();
@@ -602,12 +658,13 @@ async fn forward(
         Err(e) => return proxy_error(format!("reading the request body: {e}")),
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Some(fault) = state.fault_for(&parts.method, parts.uri.path()) {
+    if let Some(fault) = state.fault_for(&parts.method, parts.uri.path(), &parts.headers) {
         match fault {
             InjectedFault::SlowDown => state.stats.slow_down.fetch_add(1, Ordering::Relaxed),
             InjectedFault::InternalError => {
                 state.stats.internal_error.fetch_add(1, Ordering::Relaxed)
             }
+            InjectedFault::AccessDenied => 0,
         };
         return fault_response(fault, path);
     }
