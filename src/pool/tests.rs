@@ -22,6 +22,13 @@ struct Fixture {
 }
 
 fn fixture(max_containers: usize) -> Fixture {
+    fixture_with(
+        max_containers,
+        SyncEngine::new("rclone".into(), 1, Duration::from_secs(1)),
+    )
+}
+
+fn fixture_with(max_containers: usize, sync: SyncEngine) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let p = |s: &str| dir.path().join(s).display().to_string();
     let config = Config::from_vars(vec![
@@ -38,7 +45,7 @@ fn fixture(max_containers: usize) -> Fixture {
     .unwrap();
     let runtime = Arc::new(MemoryRuntime::default());
     let ctx = Arc::new(PoolContext {
-        sync: SyncEngine::new("rclone".into(), 1, Duration::from_secs(1)),
+        sync,
         ledger: Ledger::open(&config.data_dir).unwrap(),
         capacity: NodeCapacity::new(config.max_containers),
         config: Arc::new(config),
@@ -360,4 +367,64 @@ async fn a_drained_pool_refuses_claims_and_ends_with_its_last_container() {
     ended.await.expect("the pool ends once drained");
     assert!(matches!(pool.snapshot().await, Err(PoolError::Stopped)));
     assert_eq!(f.ctx.capacity.used(), 0, "every node slot is back");
+}
+
+/// While a claim restores state, its replacement waits for the restore to end — if
+/// another idle container is there to hand out; with none left it is created at once.
+#[tokio::test]
+async fn a_claims_replacement_waits_for_its_restore_while_another_is_idle() {
+    use crate::workload::spec::{SinkSpec, SyncDirection, SyncMapping, SyncMode, SyncSpec};
+    use std::os::unix::fs::PermissionsExt;
+    // A "restore" that takes 1 s and finds nothing (rclone's exit 3), against an
+    // https sink (so rclone, not the engine's own download) that accepts connections.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir.path().join("rclone");
+    std::fs::write(&bin, "#!/bin/sh\nsleep 1\nexit 3\n").unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = endpoint.local_addr().unwrap().port();
+    let f = fixture_with(10, SyncEngine::new(bin, 4, Duration::from_secs(30)));
+    let with_sync = |id: &str, min: usize| {
+        let mut w = (*workload(id, min, 4)).clone();
+        w.sync = Some(SyncSpec {
+            sink: SinkSpec {
+                kind: "s3".into(),
+                bucket: "b".into(),
+                region: None,
+                endpoint: Some(format!("https://127.0.0.1:{port}")),
+                access_key_id: Some("k".into()),
+                secret_access_key: Some("s".into()),
+                prefix: "t/${tenantId}/".into(),
+                rclone_flags: vec![],
+            },
+            mappings: vec![SyncMapping {
+                path: "/".into(),
+                direction: SyncDirection::Bidirectional,
+                mode: SyncMode::Sync,
+                pattern: None,
+            }],
+            policy: Default::default(),
+        });
+        Arc::new(w)
+    };
+    for (min, deferred) in [(2, true), (1, false)] {
+        let pool = spawn(f.ctx.clone(), with_sync(&format!("p{min}"), min), vec![]);
+        idle(&pool, min).await;
+        let claiming = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.claim(req("t", 0)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let during = pool.snapshot().await.unwrap().pool;
+        assert_eq!(during.claimed_count, 1, "min {min}: the claim is restoring");
+        let replaced = during.current_size > min;
+        assert_eq!(
+            replaced, !deferred,
+            "min {min}: size {} while the claim restores",
+            during.current_size
+        );
+        claiming.await.unwrap().expect("the claim");
+        idle(&pool, min).await;
+        assert_eq!(pool.snapshot().await.unwrap().pool.current_size, min + 1);
+    }
 }
