@@ -305,6 +305,37 @@ async fn an_endpoint_that_goes_away_mid_upload_fails_fast() {
     println!("endpoint gone mid-upload: failed after {took:?}: {msg}");
 }
 
+/// An endpoint that goes away in the middle of a restore (the engine's own download:
+/// an empty dir, a plain-http sink): the download fails within seconds with the
+/// refused connection named, and the state dir is left empty, never half-restored.
+#[tokio::test]
+async fn an_endpoint_that_goes_away_mid_restore_fails_fast_and_leaves_nothing() {
+    let s3 = S3Server::start_with(true, Faults::vanish_after(60)).await;
+    let remote = s3.object_path(BUCKET, "t", "");
+    write_files(&remote, 200);
+    let spec = s3.mirror_spec(BUCKET);
+    let state = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let err = engine(4)
+        .run(&spec, "t", state.path(), SyncOp::Download, None)
+        .await
+        .expect_err("the endpoint went away");
+    let took = started.elapsed();
+    let msg = err.to_string();
+    assert!(msg.contains("connection refused"), "{msg}");
+    assert!(
+        s3.proxy_stats().daemon_requests() > 1,
+        "the engine's own download ran first: {:?}",
+        s3.proxy_stats()
+    );
+    assert_eq!(
+        std::fs::read_dir(state.path()).unwrap().count(),
+        0,
+        "nothing half-restored is left"
+    );
+    println!("endpoint gone mid-restore: failed after {took:?}: {msg}");
+}
+
 /// The product path: a claim restores and a release saves through the daemon while a
 /// fifth of S3 requests fail; both answer 200 and every file arrives intact.
 #[tokio::test]

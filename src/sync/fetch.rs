@@ -368,6 +368,27 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_never_created_over_or_through_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(victim.path().join("f"), dir.path().join("link")).unwrap();
+        std::fs::write(dir.path().join("there"), "x").unwrap();
+        let fd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        for name in ["link", "there"] {
+            let err = create_file(&fd, name, None).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{name}");
+        }
+        assert!(
+            !victim.path().join("f").exists(),
+            "nothing through the symlink"
+        );
+        assert_eq!(std::fs::read(dir.path().join("there")).unwrap(), b"x");
+        let mut file = create_file(&fd, "new", None).unwrap();
+        file.write_all(b"y").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("new")).unwrap(), b"y");
+    }
+
+    #[test]
     fn a_failed_fetch_puts_the_mapping_dir_back() {
         let state = tempfile::tempdir().unwrap();
         // Missing: the fetch made `a/b`; undo removes `a`, the first it created.
