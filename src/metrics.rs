@@ -54,6 +54,13 @@ pub fn sync(pool: &str, direction: &'static str, ok: bool, elapsed: Duration) {
     }
 }
 
+/// A download the engine did itself (`ok`), or began and handed to rclone after a
+/// failure (`fell_back`); see `crate::sync` (fetch).
+pub fn own_download(ok: bool) {
+    let result = if ok { "ok" } else { "fell_back" };
+    metrics::counter!("boilerhouse_sync_own_downloads_total", "result" => result).increment(1);
+}
+
 pub fn container_created(pool: &str, ok: bool, elapsed: Duration) {
     if ok {
         metrics::histogram!("boilerhouse_container_create_duration_seconds", "pool" => pool.to_owned())

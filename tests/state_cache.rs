@@ -162,6 +162,12 @@ async fn a_returning_tenant_is_served_from_the_cache() {
     );
     let m = metrics(&d).await;
     assert!(m.contains("boilerhouse_state_cache_hits_total"), "{m}");
+    // The first claim downloaded: the daemon's own download, into the empty state dir.
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("boilerhouse_sync_own_downloads_total{result=\"ok\"}")),
+        "{m}"
+    );
     // The cache is private to the daemon.
     let root = d.path("data/state-cache");
     use std::os::unix::fs::PermissionsExt;

@@ -381,6 +381,7 @@ impl SyncEngine {
         );
         let failed = match tokio::time::timeout_at(deadline, fetched).await {
             Ok(Ok(done)) => {
+                crate::metrics::own_download(true);
                 let elapsed_ms = started.elapsed().as_millis();
                 tracing::info!(tenant, path = %mapping.path, op = %ctx.op, bytes = done.bytes, files = done.files, elapsed_ms, by = "engine", "sync done");
                 return Some(TransferResult {
@@ -397,16 +398,15 @@ impl SyncEngine {
                 return None;
             }
             Ok(Err(FetchError::Failed(e))) => e,
-            Err(_) => {
-                // Cancelled mid-way: its files are undone here.
-                let (dir, rel) = (ctx.state_dir.clone(), rel.to_owned());
-                let _ = tokio::task::spawn_blocking(move || {
-                    super::fetch::undo(&dir, &rel, created.as_deref())
-                })
-                .await;
-                "the sync timeout passed".to_owned()
-            }
+            Err(_) => "the sync timeout passed".to_owned(),
         };
+        crate::metrics::own_download(false);
+        // What it wrote goes (also mid-way: a timed-out fetch was dropped), so that
+        // rclone starts from the directory as it was.
+        let (dir, rel) = (ctx.state_dir.clone(), rel.to_owned());
+        let _ =
+            tokio::task::spawn_blocking(move || super::fetch::undo(&dir, &rel, created.as_deref()))
+                .await;
         tracing::info!(tenant, path = %mapping.path, error = %failed, "the engine's own download failed; rclone does it");
         None
     }

@@ -69,7 +69,8 @@ pub(super) enum FetchError {
     /// Not tried, or stopped before anything was written (see the module doc): rclone
     /// does this download.
     NotStarted(String),
-    /// Tried and failed; the mapping dir is back as it was.
+    /// Tried and failed: files may have been written; [`undo`] puts the mapping dir
+    /// back as it was.
     Failed(String),
 }
 
@@ -108,19 +109,17 @@ pub(super) async fn fetch(
     if objects.is_empty() {
         return Ok(Fetched::default());
     }
-    let created = first_missing(state_dir, rel);
-    let fetched = download(
+    download(
         lister, &target, &bucket, &prefix, objects, rel, state_dir, run_as,
     )
-    .await;
-    fetched.map_err(|e| {
-        undo(state_dir, rel, created.as_deref());
-        Failed(e)
-    })
+    .await
+    .map_err(Failed)
 }
 
 /// Puts the mapping dir back as the caller found it after a failed (or cancelled)
-/// fetch: removed if it was missing, else emptied. Never through a symlink.
+/// fetch: removed if it was missing (`created`: its first component that did not
+/// exist, from [`first_missing`] before the fetch), else emptied. Never through a
+/// symlink.
 pub(super) fn undo(state_dir: &Path, rel: &str, created: Option<&Path>) {
     let result = match created {
         Some(top) => match std::fs::symlink_metadata(top) {
