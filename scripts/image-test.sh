@@ -6,7 +6,8 @@
 #      target, on that base (compiling inside needs the rust image: not here);
 #   3. the image runs against the local engine as deploy/docker-compose.yml runs
 #      it (read-only root, only CHOWN/DAC_OVERRIDE/FOWNER, no-new-privileges,
-#      state/secrets/socket/data dirs at identical host and container paths),
+#      state/secrets/socket/data dirs at identical host and container paths, on one
+#      mount so the state cache can rename between them),
 #      with its own BOILERHOUSE_INSTANCE and a workload on the test image;
 #   4. over HTTP (published on 127.0.0.1 only): /health, Docker's HEALTHCHECK,
 #      a warm pool, a claim with a secret, a release;
@@ -147,10 +148,7 @@ docker run -d --name "$daemon" \
   --security-opt no-new-privileges:true \
   --health-interval 2s --health-start-period 2s \
   -v "$socket:/var/run/docker.sock" \
-  -v "$work/states:$work/states" \
-  -v "$work/secrets:$work/secrets" \
-  -v "$work/sockets:$work/sockets" \
-  -v "$work/data:$work/data" \
+  -v "$work:$work" \
   -v "$work/workloads:/etc/boilerhouse/workloads:ro" \
   -e "BOILERHOUSE_INSTANCE=$instance" \
   -e "BOILERHOUSE_STATE_DIR=$work/states" \
@@ -182,6 +180,11 @@ until_ok 30 "GET /health" curl -fsS "$base/health"
 until_ok 60 "pool web warm" pool_idle
 until_ok 30 "Docker HEALTHCHECK healthy" healthy
 phase "daemon up on $base, pool warm, container healthy"
+# One mount for states and data, as deploy/docker-compose.yml has it: the state cache
+# can rename a returning tenant's files into a state dir (it says so at start if not).
+if docker logs "$daemon" 2>&1 | grep -q "state cache cannot rename"; then
+  fail "the state cache cannot rename into the state dir: $(docker logs "$daemon" 2>&1 | grep 'cannot rename')"
+fi
 
 # --- 4. claim and release -----------------------------------------------------------
 claim="$(curl -fsS -X POST -H 'Content-Type: application/json' \

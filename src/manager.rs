@@ -232,6 +232,11 @@ impl ContainerManager {
             config.state_cache_mb.saturating_mul(1024 * 1024),
         )
         .map_err(|e| StartError::Dir(cache_dir.display().to_string(), e))?;
+        if state_cache.enabled() {
+            if let Err(e) = state_cache.can_move_into(&config.state_dir) {
+                tracing::warn!("{e}");
+            }
+        }
         let ctx = Arc::new(PoolContext {
             sync: SyncEngine::new(
                 config.rclone_bin.clone(),

@@ -232,6 +232,28 @@ impl StateCache {
         Ok(cache)
     }
 
+    /// Can an entry be renamed into a state dir under `state_root`? Not across two
+    /// mounts (`EXDEV`, even of one filesystem: e.g. `DATA_DIR` and `STATE_DIR`
+    /// bind-mounted one by one into the daemon's container), where every hit would
+    /// fail and download instead. Tries one empty file.
+    pub fn can_move_into(&self, state_root: &Path) -> Result<(), String> {
+        let name = format!(".probe-{:016x}", rand::random::<u64>());
+        let (here, there) = (self.root.join(&name), state_root.join(&name));
+        std::fs::File::create(&here).map_err(|e| format!("{}: {e}", here.display()))?;
+        let moved = std::fs::rename(&here, &there);
+        let _ = std::fs::remove_file(&here);
+        let _ = std::fs::remove_file(&there);
+        moved.map_err(|e| {
+            format!(
+                "the state cache cannot rename into BOILERHOUSE_STATE_DIR ({} → {}: {e}); \
+                 returning tenants will download instead of using it. Put both on one \
+                 mount (deploy/docker-compose.yml mounts /var/lib/boilerhouse once)",
+                self.root.display(),
+                state_root.display()
+            )
+        })
+    }
+
     pub fn enabled(&self) -> bool {
         self.limit > 0
     }
@@ -1078,6 +1100,29 @@ mod tests {
         let off = StateCache::open(tmp.path().join("cache"), 0).unwrap();
         assert_eq!(off.bytes(), 0);
         assert!(crate::fsutil::is_empty(off.root()));
+    }
+
+    #[test]
+    fn a_state_dir_on_another_mount_is_named_at_start() {
+        let data = tempfile::tempdir().unwrap();
+        let cache = StateCache::open(data.path().join("cache"), 1 << 20).unwrap();
+        let states = tempfile::tempdir().unwrap();
+        cache.can_move_into(states.path()).expect("one filesystem");
+        // /dev/shm is a tmpfs: another mount, as separate bind mounts would be.
+        let elsewhere = tempfile::tempdir_in("/dev/shm").unwrap();
+        let err = cache.can_move_into(elsewhere.path()).unwrap_err();
+        assert!(
+            err.contains("BOILERHOUSE_STATE_DIR") && err.contains("one mount"),
+            "{err}"
+        );
+        for dir in [
+            data.path().join("cache"),
+            states.path().into(),
+            elsewhere.path().into(),
+        ] {
+            let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+            assert!(left.is_empty(), "the probe is gone from {}", dir.display());
+        }
     }
 
     #[test]
