@@ -63,7 +63,7 @@ use md5::{Digest as _, Md5};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::listing::{Lister, Listing};
+use super::listing::Listing;
 use super::local::{
     inspect_local, is_safe_tenant_id, normalize_mapping_path, open_dirs, plain_key, LocalState,
 };
@@ -185,7 +185,6 @@ pub struct StateCache {
     root: PathBuf,
     limit: u64,
     index: StdMutex<Index>,
-    lister: Lister,
 }
 
 impl StateCache {
@@ -226,7 +225,6 @@ impl StateCache {
             root,
             limit: limit_bytes,
             index: StdMutex::new(index),
-            lister: Lister::default(),
         };
         crate::metrics::state_cache_size(cache.bytes());
         Ok(cache)
@@ -280,7 +278,7 @@ impl StateCache {
         tenant: &str,
     ) -> Result<Listing, String> {
         let mappings = cacheable(spec)?;
-        if let Some(listed) = self.lister.list(&spec.sink, tenant, &mappings).await {
+        if let Some(listed) = engine.lister().list(&spec.sink, tenant, &mappings).await {
             return listed;
         }
         let mut listing = Vec::new();

@@ -32,7 +32,8 @@ pub struct SyncEngine {
 
 struct EngineInner {
     rclone_bin: PathBuf,
-    /// The resident S3 client of the engine's own downloads (see [`super::fetch`]).
+    /// The resident S3 client: the engine's own downloads (see [`super::fetch`]) and
+    /// the state cache's listings share its connections.
     lister: Lister,
     permits: Semaphore,
     timeout: Duration,
@@ -101,6 +102,10 @@ impl SyncEngine {
     pub fn with_state_cache(mut self, cache: Arc<StateCache>) -> Self {
         self.cache = Some(cache);
         self
+    }
+
+    pub(super) fn lister(&self) -> &Lister {
+        &self.inner.lister
     }
 
     pub fn state_cache(&self) -> Option<&Arc<StateCache>> {

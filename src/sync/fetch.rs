@@ -46,7 +46,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::BodyExt;
 use md5::{Digest as _, Md5};
 
-use super::listing::{bucket_and_prefix, target, Lister, RemoteObject, Target};
+use super::listing::{bucket_and_prefix, target, worth_retrying, Lister, RemoteObject, Target};
 use super::local::{local_path, open_dirs, plain_key};
 use crate::workload::spec::{SinkSpec, SyncMapping};
 
@@ -267,7 +267,7 @@ async fn fetch_object(
             }
         };
         let status = response.status();
-        if status.is_server_error() || status.as_u16() == 429 {
+        if worth_retrying(status) {
             last = format!("GET {key} answered {status}");
             continue;
         }

@@ -268,7 +268,7 @@ impl Lister {
             .map_err(|e| (false, format!("listing {uri} failed: {e}")))?;
         if !status.is_success() {
             let code = capture(&ERROR_CODE, &body).unwrap_or_default();
-            let again = status.is_server_error() || status.as_u16() == 429;
+            let again = worth_retrying(status);
             return Err((again, format!("listing {uri} answered {status} {code}")));
         }
         Ok(body)
@@ -298,6 +298,12 @@ fn signed_get(
 
 /// Names the daemon in the endpoint's access logs (rclone sends `rclone/<version>`).
 pub const USER_AGENT: &str = concat!("boilerhouse/", env!("CARGO_PKG_VERSION"));
+
+/// An answer S3 gives when it is busy or failed for the moment (`503 SlowDown`,
+/// `500 InternalError`, `429`): the request is worth repeating.
+pub(super) fn worth_retrying(status: hyper::StatusCode) -> bool {
+    status.is_server_error() || status == hyper::StatusCode::TOO_MANY_REQUESTS
+}
 
 /// A GET that got no answer; `refused` when the endpoint refused the connection.
 #[derive(Debug)]
