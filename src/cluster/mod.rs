@@ -306,7 +306,11 @@ impl Cluster {
         match last {
             Some(t) if t.elapsed() < self.fence_after() => None,
             _ => Some(format!(
-                "node {node} has not reached etcd for {} ms (its lease is {} ms) and is fenced: it accepts no claims until etcd confirms it again",
+                "node {node} has not reached etcd {} (it fences after {} ms; its lease is {} ms) and is fenced: it accepts no claims until etcd confirms it again",
+                last.map_or("since it started".to_owned(), |t| format!(
+                    "for {} ms",
+                    t.elapsed().as_millis()
+                )),
                 self.fence_after().as_millis(),
                 self.config.lease_ttl.as_millis()
             )),

@@ -173,7 +173,7 @@ impl Pool {
         let want = (self.idle_target() + waiting + surge)
             .saturating_sub(self.idle.len() + starting + self.deferred_for_restores());
         let room = self.max_size.saturating_sub(self.containers.len());
-        let slots = self.create_limit.saturating_sub(self.creating);
+        let slots = self.creation_slots();
         let n = want.min(room).min(slots);
         if n == 0 || Instant::now() < self.next_create_at {
             return;
@@ -184,6 +184,19 @@ impl Pool {
             };
             self.spawn_create(slot);
         }
+    }
+
+    /// How many more creations may run now. While creations fail (the streak ends
+    /// when a container has stayed up `STABLE`), one runs at a time: it probes
+    /// whether the image starts again, and a crash-looping image then costs one
+    /// container per backoff step instead of a batch, whatever the queue asks for.
+    fn creation_slots(&self) -> usize {
+        let limit = if self.failures.failures() > 0 {
+            1
+        } else {
+            self.create_limit
+        };
+        limit.saturating_sub(self.creating)
     }
 
     /// Replacements that wait for the claims restoring state: a restore and Docker's

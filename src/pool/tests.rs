@@ -223,6 +223,55 @@ async fn failing_creation_backs_off_and_reports_the_error() {
     idle(&pool, 2).await;
 }
 
+/// Once creations fail, one runs at a time: claims that queue meanwhile do not
+/// start a batch of containers of an image that keeps failing.
+#[tokio::test]
+async fn a_failing_pool_probes_with_one_creation_at_a_time_whatever_queues() {
+    let f = fixture(10);
+    f.runtime.fail_create.store(true, Ordering::SeqCst);
+    *f.runtime.create_delay.lock().unwrap() = Duration::from_millis(300);
+    let pool = spawn(f.ctx.clone(), workload("web", 2, 8), vec![]);
+    while pool.snapshot().await.unwrap().pool.last_error.is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both first creations ran together; from here on the pool is failing.
+    while f.runtime.calls("create") < 2 || f.runtime.peak_creates() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while pool.snapshot().await.unwrap().pool.starting_count > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.runtime.reset_peak_creates();
+    let claims: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|t| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.claim(req(t, 5000)).await })
+        })
+        .collect();
+    // Two more attempts (after 1 s and 2 s of backoff).
+    for _ in 0..600 {
+        if f.runtime.calls("create") >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        f.runtime.calls("create") >= 4,
+        "{}",
+        f.runtime.calls("create")
+    );
+    assert_eq!(
+        f.runtime.peak_creates(),
+        1,
+        "creations at once while failing"
+    );
+    f.runtime.fail_create.store(false, Ordering::SeqCst);
+    for c in claims {
+        let _ = c.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_starting_container_joins_the_idle_set_on_its_health_event() {
     let f = fixture(10);

@@ -26,6 +26,9 @@ pub struct MemoryRuntime {
     pub create_delay: Mutex<Duration>,
     /// While set, new containers stay `Starting` until the test sends a health event.
     pub start_unready: AtomicBool,
+    /// Creations under way, and the most seen at once since `reset_peak_creates`.
+    creating: AtomicUsize,
+    peak_creating: AtomicUsize,
 }
 
 impl MemoryRuntime {
@@ -39,6 +42,16 @@ impl MemoryRuntime {
 
     pub fn total_calls(&self) -> usize {
         self.calls.lock().unwrap().values().sum()
+    }
+
+    /// The most creations seen under way at once since the last reset.
+    pub fn peak_creates(&self) -> usize {
+        self.peak_creating.load(Ordering::SeqCst)
+    }
+
+    pub fn reset_peak_creates(&self) {
+        self.peak_creating
+            .store(self.creating.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     pub fn running(&self) -> usize {
@@ -59,8 +72,11 @@ impl Runtime for MemoryRuntime {
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         self.count("create");
+        let now = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_creating.fetch_max(now, Ordering::SeqCst);
         let delay = *self.create_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
+        self.creating.fetch_sub(1, Ordering::SeqCst);
         if self.fail_create.load(Ordering::SeqCst) {
             return Err(RuntimeError::Container {
                 name: spec.name.clone(),
